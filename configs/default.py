@@ -1,0 +1,87 @@
+"""Defaults shared by every config: the PVT/DeiT ImageNet recipe for HAT-Net.
+
+Variant configs (hatnet_tiny.py ...) start from `get_config()` here and change only what differs.
+Every field is overridable from the command line (`--config.batch_size=512`); unknown keys are rejected.
+Durations are given in epochs (`*_epochs`) or steps (`*_steps`); exactly one of each pair is set and
+`hatnet_jax.schedule.to_steps` turns either into steps.
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.mode = 'train'  # 'train' (train + periodic eval) or 'eval' (restore a checkpoint, evaluate once).
+
+  # ---- Model (hatnet_jax.models) ----
+  c.model = 'hatnet_tiny'
+  # Changes to the variant's table entry (dims, depths, head_dim, ...), e.g. for small demo models.
+  c.model_overrides = ml_collections.ConfigDict()
+  c.drop_path_rate = 0.1
+  c.drop_rate = 0.0  # dropout inside blocks (official default 0)
+  c.head_drop_rate = 0.2  # dropout before the classifier (official: 0.2)
+  c.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'
+  c.param_dtype = 'float32'
+  c.remat = False  # rematerialise each block in the backward pass (saves memory at large batch)
+  c.attention_impl = ''  # '' lets JAX choose; 'xla' or 'cudnn' (flash attention on GPU) forces one
+
+  # ---- Data (hatnet_jax.data) ----
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = 'imagenet2012'  # any TFDS image classification name, 'digits', or 'image_folder'
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir (None: TFDS default)
+  c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)  # ImageNet tars / ImageFolder root
+  c.data.train_split = 'train'
+  c.data.eval_split = 'validation'
+  c.data.image_size = 224
+  c.data.eval_crop_ratio = 0.875  # eval: resize shorter side to image_size / ratio, center crop
+  c.data.interpolation = 'bicubic'
+  c.data.mean = (0.485, 0.456, 0.406)  # ImageNet mean/std on [0, 1] pixels
+  c.data.std = (0.229, 0.224, 0.225)
+  c.data.crop_scale = (0.08, 1.0)  # RandomResizedCrop
+  c.data.crop_ratio = (3 / 4, 4 / 3)
+  c.data.hflip_prob = 0.5
+  c.data.randaugment = 'rand-m9-mstd0.5-inc1'  # timm spec string; '' disables
+  c.data.erase_prob = 0.25  # random erasing, after normalisation
+  c.data.erase_mode = 'pixel'
+  c.data.erase_count = 1
+  c.data.mixup_alpha = 0.8
+  c.data.cutmix_alpha = 1.0
+  c.data.mixup_prob = 1.0  # probability of applying mixup or cutmix to a batch
+  c.data.mixup_switch_prob = 0.5  # probability of cutmix instead of mixup
+  c.data.label_smoothing = 0.1
+  c.data.repeated_aug = 1  # 3 = DeiT repeated augmentation
+  c.data.shuffle_buffer = 16_384
+  c.data.prefetch = 2  # batches prefetched onto the devices
+  c.data.cache = False  # cache decoded eval data in memory (small datasets)
+
+  # ---- Optimisation (hatnet_jax.train) ----
+  c.batch_size = 1024  # global, over all devices of all processes
+  c.base_lr = 5e-4  # scaled by batch_size / lr_base_batch
+  c.lr_base_batch = 512
+  c.min_lr = 1e-5
+  c.warmup_lr = 1e-6
+  c.num_epochs = ml_collections.FieldReference(300, field_type=int)
+  c.num_steps = ml_collections.FieldReference(None, field_type=int)
+  c.warmup_epochs = ml_collections.FieldReference(5, field_type=int)
+  c.warmup_steps = ml_collections.FieldReference(None, field_type=int)
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.eps = 1e-8
+  c.weight_decay = 0.05  # on kernels only: none on biases and norm parameters
+  c.grad_clip_norm = 0.0  # 0 disables
+  c.grad_accum_steps = 1
+  c.ema_decay = 0.0  # 0 disables the EMA of the weights
+  c.shard_params = False  # FSDP-style: shard params and optimizer state over the 'data' axis
+
+  # ---- Bookkeeping ----
+  c.log_every_steps = 100
+  c.eval_every_epochs = ml_collections.FieldReference(1, field_type=int)
+  c.eval_every_steps = ml_collections.FieldReference(None, field_type=int)
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.keep_best_checkpoint = True
+  c.init_from = ''  # a checkpoint dir (e.g. written by hatnet_jax.convert) to start from
+  c.profile_start_step = -1  # >= 0: write a profiler trace of profile_num_steps steps from this step
+  c.profile_num_steps = 5
+  c.log_images_every_steps = 0  # > 0: write a sample of augmented training images
+  return c
