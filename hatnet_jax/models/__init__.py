@@ -1,0 +1,42 @@
+"""HAT-Net models: `create(name, ...)` builds a variant from the table in `variants`."""
+import jax.numpy as jnp
+
+from hatnet_jax.models.attention import HMHSA, local_attention
+from hatnet_jax.models.hatnet import HATNet
+from hatnet_jax.models.variants import PARAM_COUNTS, VARIANTS, Variant, get_variant
+
+__all__ = ['HATNet', 'HMHSA', 'PARAM_COUNTS', 'VARIANTS', 'Variant', 'create', 'get_variant', 'local_attention',
+           'names']
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def names() -> list[str]:
+  return sorted(VARIANTS)
+
+
+def _dtype(d):
+  if isinstance(d, str):
+    if d not in _DTYPES:
+      raise ValueError(f'unknown dtype {d!r}; choose one of {sorted(_DTYPES)}')
+    return _DTYPES[d]
+  return d
+
+
+def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, drop_rate: float = 0.0,
+           head_drop_rate: float = 0.2, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
+           attention_impl: str | None = None, depthwise_impl: str = 'auto', **overrides) -> HATNet:
+  """HAT-Net variant `name` ('hatnet_tiny', ...); `overrides` replace fields of its table row (e.g. dims).
+
+  dtype is the compute dtype ('float32' or 'bfloat16'), param_dtype that of the parameters.
+  attention_impl: None/'' (JAX chooses), 'xla', or 'cudnn' (flash attention on GPU).
+  """
+  variant = get_variant(name, **overrides)
+  if not 0.0 <= drop_path_rate < 1.0 or not 0.0 <= drop_rate < 1.0 or not 0.0 <= head_drop_rate < 1.0:
+    raise ValueError(f'drop rates must lie in [0, 1); got drop_path_rate={drop_path_rate}, '
+                     f'drop_rate={drop_rate}, head_drop_rate={head_drop_rate}')
+  if attention_impl not in (None, '', 'xla', 'cudnn'):
+    raise ValueError(f"attention_impl must be '', 'xla' or 'cudnn'; got {attention_impl!r}")
+  return HATNet(variant, num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate,
+                head_drop_rate=head_drop_rate, remat=remat, attention_impl=attention_impl or None,
+                depthwise_impl=depthwise_impl, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype))

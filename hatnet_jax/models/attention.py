@@ -1,0 +1,95 @@
+"""Hierarchical Multi-Head Self-Attention (H-MHSA), the core of HAT-Net.
+
+Feature maps are NHWC. Heads live in the channel axis as [head][head_dim], and a fused projection's output
+channels as [q|k|v][head][head_dim], exactly as in the official PyTorch model, so its 1x1-conv weights load
+without any permutation.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from hatnet_jax.models import layers
+
+
+def _attend(q, k, v, mask, impl):
+  """Softmax(q k^T / sqrt(d)) v over (B, T, N, d) tensors; logits and softmax are computed in float32."""
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl or None)
+
+
+def _window_mask(h: int, w: int, grid: int) -> np.ndarray | None:
+  """(num_windows, G*G) bool: True where a window position lies inside the unpadded h x w map."""
+  hp, wp = -(-h // grid) * grid, -(-w // grid) * grid
+  if (hp, wp) == (h, w):
+    return None
+  valid = np.zeros((hp, wp), bool)
+  valid[:h, :w] = True
+  valid = valid.reshape(hp // grid, grid, wp // grid, grid).transpose(0, 2, 1, 3)
+  return valid.reshape(-1, grid * grid)
+
+
+def local_attention(qkv, num_heads: int, grid: int, impl=None, force_mask: bool = False):
+  """Self-attention inside non-overlapping grid x grid windows of an NHWC map of fused [q|k|v] channels.
+
+  Maps that `grid` does not divide are padded at the bottom/right to whole windows; padded positions are
+  masked out as keys and cropped from the output, so each token attends to exactly the real tokens of its
+  (possibly partial) window. force_mask applies the same masking to a divisible map (for tests: it must
+  not change the result).
+  """
+  b, h, w, c3 = qkv.shape
+  hp, wp = -(-h // grid) * grid, -(-w // grid) * grid
+  mask = _window_mask(h, w, grid)
+  if force_mask and mask is None:
+    mask = np.ones(((hp // grid) * (wp // grid), grid * grid), bool)
+  qkv = jnp.pad(qkv, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+  nh, nw = hp // grid, wp // grid
+  win = qkv.reshape(b, nh, grid, nw, grid, c3).transpose(0, 1, 3, 2, 4, 5)
+  win = win.reshape(b * nh * nw, grid * grid, 3, num_heads, c3 // (3 * num_heads))
+  if mask is not None:
+    mask = jnp.asarray(np.tile(mask, (b, 1))[:, None, None, :])  # (b*windows, 1, 1, G*G): keys only
+  out = _attend(win[:, :, 0], win[:, :, 1], win[:, :, 2], mask, impl)
+  out = out.reshape(b, nh, nw, grid, grid, c3 // 3).transpose(0, 1, 3, 2, 4, 5)
+  return out.reshape(b, hp, wp, c3 // 3)[:, :h, :w, :]
+
+
+class HMHSA(nn.Module):
+  """H-MHSA of a block: local window attention, then global attention to average-pooled tokens.
+
+  With grid_size G > 1 (and pooling ratio r):
+    y_loc  = window attention (G x G windows) of qkv(GN(x))
+    xg     = GN_grid(x + y_loc)
+    y_glob = attention of q(xg) over [k|v](GN_ds(AvgPool_r(xg)))
+    out    = dropout(proj(y_glob + xg))
+  With G == 1: out = dropout(proj(MHSA(qkv(GN(x))))), plain attention over all tokens.
+  Any H, W work: see `local_attention` and `layers.avg_pool` for the semantics when G or r do not divide.
+  """
+  dim: int
+  head_dim: int
+  grid_size: int
+  ds_ratio: int
+  drop_rate: float = 0.0
+  attention_impl: str | None = None
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  force_mask: bool = False  # tests only: take the padded/masked path even where sizes divide
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    b, h, w, c = x.shape
+    heads = self.dim // self.head_dim
+    dense = lambda n, name: layers.dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    norm = lambda name: layers.group_norm(name, self.param_dtype)
+    qkv = dense(3 * c, 'qkv')(norm('norm')(x))
+    if self.grid_size > 1:
+      y = local_attention(qkv, heads, self.grid_size, self.attention_impl, self.force_mask)
+      xg = norm('grid_norm')(x + y)
+      q = dense(c, 'q')(xg).reshape(b, h * w, heads, self.head_dim)
+      pooled = norm('ds_norm')(layers.avg_pool(xg, self.ds_ratio))
+      kv = dense(2 * c, 'kv')(pooled).reshape(b, -1, 2, heads, self.head_dim)
+      y = _attend(q, kv[:, :, 0], kv[:, :, 1], None, self.attention_impl).reshape(b, h, w, c)
+      y = y + xg
+    else:
+      qkv = qkv.reshape(b, h * w, 3, heads, self.head_dim)
+      y = _attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], None, self.attention_impl).reshape(b, h, w, c)
+    y = dense(c, 'proj')(y)
+    return layers.channel_dropout(self.drop_rate)(y, deterministic=not train)

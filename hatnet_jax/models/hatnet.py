@@ -1,0 +1,134 @@
+"""HAT-Net: a convolutional stem, four stages of H-MHSA + inverted-residual blocks, and a linear head.
+
+Parameter tree (blocks of a stage are scanned, so their parameters carry a leading `depth` axis):
+  stem_conv1, stem_norm, stem_conv2, stage1..stage4/blocks/{attn, conv}, down2..down4/{conv, norm}, head.
+"""
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from hatnet_jax.models import layers
+from hatnet_jax.models.attention import HMHSA
+from hatnet_jax.models.variants import Variant
+
+
+class InvertedResidual(nn.Module):
+  """GN -> 1x1 C->eC -> SiLU -> depthwise kxk -> SiLU -> dropout -> 1x1 eC->C -> GN -> dropout (no biases)."""
+  dim: int
+  expansion: int
+  kernel_size: int
+  drop_rate: float = 0.0
+  depthwise_impl: str = 'auto'
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    dense = lambda n, name: layers.dense(n, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                                         name=name)
+    y = layers.group_norm('norm1', self.param_dtype)(x)
+    y = nn.silu(dense(self.dim * self.expansion, 'fc1')(y))
+    y = layers.DepthwiseConv(self.kernel_size, self.depthwise_impl, self.dtype, self.param_dtype, name='dwconv')(y)
+    y = layers.channel_dropout(self.drop_rate)(nn.silu(y), deterministic=not train)
+    y = layers.group_norm('norm2', self.param_dtype)(dense(self.dim, 'fc2')(y))
+    return layers.channel_dropout(self.drop_rate)(y, deterministic=not train)
+
+
+class Block(nn.Module):
+  """x + DropPath(H-MHSA(x)), then x + DropPath(IRB(x)). Called as a scan body: (x, rate) -> (x, None)."""
+  dim: int
+  head_dim: int
+  grid_size: int
+  ds_ratio: int
+  expansion: int
+  kernel_size: int
+  train: bool
+  drop_rate: float = 0.0
+  attention_impl: str | None = None
+  depthwise_impl: str = 'auto'
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, drop_path_rate):
+    kw = dict(drop_rate=self.drop_rate, dtype=self.dtype, param_dtype=self.param_dtype)
+    y = HMHSA(self.dim, self.head_dim, self.grid_size, self.ds_ratio, attention_impl=self.attention_impl,
+              name='attn', **kw)(x, self.train)
+    x = x + layers.drop_path(self, y, drop_path_rate, not self.train)
+    y = InvertedResidual(self.dim, self.expansion, self.kernel_size, depthwise_impl=self.depthwise_impl,
+                         name='conv', **kw)(x, self.train)
+    x = x + layers.drop_path(self, y, drop_path_rate, not self.train)
+    return x, None
+
+
+class Stage(nn.Module):
+  """`depth` identical blocks under one lax.scan, so compile time does not grow with depth."""
+  block: dict  # Block's fields other than `train`
+  drop_path_rates: tuple[float, ...]
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    block_cls = nn.remat(Block, prevent_cse=False) if self.remat else Block
+    blocks = nn.scan(block_cls, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                     in_axes=0, length=len(self.drop_path_rates))
+    x, _ = blocks(train=train, name='blocks', **self.block)(x, jnp.asarray(self.drop_path_rates, jnp.float32))
+    return x
+
+
+class HATNet(nn.Module):
+  """HAT-Net on NHWC images. `features` returns the four stage maps (strides 4, 8, 16, 32).
+
+  The residual stream is kept in float32; with dtype=bfloat16 convolutions, projections and attention run
+  in bfloat16 while GroupNorm, softmax and the logits stay in float32.
+  """
+  variant: Variant
+  num_classes: int = 1000
+  drop_path_rate: float = 0.0
+  drop_rate: float = 0.0
+  head_drop_rate: float = 0.2
+  remat: bool = False
+  attention_impl: str | None = None
+  depthwise_impl: str = 'auto'
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def _conv(self, features: int, name: str):
+    return nn.Conv(features, (3, 3), strides=2, padding=((1, 1), (1, 1)), dtype=self.dtype,
+                   param_dtype=self.param_dtype, kernel_init=layers.init_kernel, name=name)
+
+  def _check_input(self, x):
+    if x.ndim != 4 or x.shape[-1] != 3 or min(x.shape[1:3]) < 1:
+      raise ValueError(f'HAT-Net takes NHWC RGB images (batch, height, width, 3); got shape {x.shape}')
+
+  @nn.compact
+  def features(self, x, train: bool = False):
+    self._check_input(x)
+    v = self.variant
+    rates = np.linspace(0.0, self.drop_path_rate, sum(v.depths))
+    x = self._conv(v.stem_dim, 'stem_conv1')(x)
+    x = nn.silu(layers.group_norm('stem_norm', self.param_dtype)(x))
+    x = self._conv(v.dims[0], 'stem_conv2')(x).astype(jnp.float32)
+    maps = []
+    for i, dim in enumerate(v.dims):
+      if i:
+        x = layers.group_norm(f'down{i + 1}_norm', self.param_dtype)(self._conv(dim, f'down{i + 1}_conv')(x))
+      start = sum(v.depths[:i])
+      block = dict(dim=dim, head_dim=v.head_dim, grid_size=v.grid_sizes[i], ds_ratio=v.ds_ratios[i],
+                   expansion=v.expansions[i], kernel_size=v.kernel_sizes[i], drop_rate=self.drop_rate,
+                   attention_impl=self.attention_impl, depthwise_impl=self.depthwise_impl, dtype=self.dtype,
+                   param_dtype=self.param_dtype)
+      x = Stage(block, tuple(float(r) for r in rates[start:start + v.depths[i]]), self.remat,
+                name=f'stage{i + 1}')(x, train)
+      maps.append(x)
+    return maps
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = self.features(x, train)[-1].mean(axis=(1, 2))
+    x = nn.Dropout(self.head_drop_rate, rng_collection='dropout')(x, deterministic=not train)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=layers.init_kernel,
+                 name='head')(x)
+    return x.astype(jnp.float32)

@@ -1,0 +1,101 @@
+"""Building blocks of HAT-Net that Flax does not provide as such: depthwise conv, drop path, pooling, norms."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Dtype = jnp.dtype
+init_kernel = nn.initializers.truncated_normal(stddev=0.02)  # timm's trunc_normal_(std=.02), cut at +-2 std
+
+
+def group_norm(name: str | None = None, param_dtype=jnp.float32) -> nn.GroupNorm:
+  """The official GroupNorm(1, C, eps=1e-6): one group over (H, W, C), per-channel affine, computed in f32."""
+  # Two-pass variance (use_fast_variance=False) matches PyTorch to ~1e-7 where E[x^2]-E[x]^2 loses digits
+  # on maps with a large mean (residual streams deep in the network).
+  return nn.GroupNorm(num_groups=1, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype,
+                      use_fast_variance=False, name=name)
+
+
+def dense(features: int, *, use_bias: bool = True, dtype: Dtype, param_dtype: Dtype, name: str | None = None):
+  """A 1x1 convolution of the official model: a dense layer over the channel axis of an NHWC map."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, kernel_init=init_kernel,
+                  name=name)
+
+
+class DepthwiseConv(nn.Module):
+  """kxk depthwise convolution, stride 1, same padding, no bias. Kernel layout (k, k, 1, C) as flax.linen.Conv.
+
+  impl 'shift' computes it as k*k shifted multiply-adds, 'conv' as a grouped XLA convolution; 'auto' takes
+  'shift' on CPU, where XLA's grouped convolution is 5-15x slower (forward and kernel gradient), and 'conv'
+  elsewhere (cuDNN's depthwise kernels are fast). Both give the same result up to float rounding.
+  """
+  kernel_size: int
+  impl: str = 'auto'
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, channels = self.kernel_size, x.shape[-1]
+    kernel = self.param('kernel', init_kernel, (k, k, 1, channels), self.param_dtype)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    impl = self.impl
+    if impl == 'auto':
+      impl = 'shift' if jax.default_backend() == 'cpu' else 'conv'
+    if impl == 'conv':
+      return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                          feature_group_count=channels)
+    if impl != 'shift':
+      raise ValueError(f"depthwise impl must be 'auto', 'conv' or 'shift', got {impl!r}")
+    p = k // 2
+    h, w = x.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    out = xp[:, :h, :w, :] * kernel[0, 0, 0]
+    for i in range(k):
+      for j in range(k):
+        if i or j:
+          out = out + xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
+    return out
+
+
+def drop_path(module: nn.Module, x, rate, deterministic: bool):
+  """Stochastic depth (timm DropPath): zero whole samples with probability `rate`, scale the rest by 1/(1-rate).
+
+  `rate` may be a traced scalar (blocks of a stage are scanned, each with its own rate).
+  """
+  if deterministic:
+    return x
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(module.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+def channel_dropout(rate: float, name: str | None = None) -> nn.Dropout:
+  """nn.Dropout2d of the official model: drops whole channels of an NHWC map (mask shared over H and W)."""
+  return nn.Dropout(rate, broadcast_dims=(1, 2), rng_collection='dropout', name=name)
+
+
+@functools.lru_cache(maxsize=None)
+def _pool_counts(size: int, ratio: int) -> np.ndarray:
+  """Number of real (unpadded) positions in each pooling window along one axis."""
+  starts = np.arange(0, size, ratio)
+  return np.minimum(ratio, size - starts).astype(np.float32)
+
+
+def avg_pool(x, ratio: int):
+  """AvgPool2d(ratio, stride=ratio) of an NHWC map, extended to sizes that `ratio` does not divide.
+
+  A partial window at the bottom/right edge averages only the positions it covers (as PyTorch's
+  ceil_mode=True, count_include_pad=False), so every pooled token is a true mean of real pixels.
+  When `ratio` divides H and W this is exactly the plain average pooling.
+  """
+  if ratio == 1:
+    return x
+  b, h, w, c = x.shape
+  hp, wp = -(-h // ratio) * ratio, -(-w // ratio) * ratio
+  x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+  summed = x.reshape(b, hp // ratio, ratio, wp // ratio, ratio, c).sum(axis=(2, 4))
+  counts = np.outer(_pool_counts(h, ratio), _pool_counts(w, ratio))[None, :, :, None]
+  return summed / counts.astype(summed.dtype)
