@@ -25,10 +25,12 @@ def _dtype(d):
 
 def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, drop_rate: float = 0.0,
            head_drop_rate: float = 0.2, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
-           attention_impl: str | None = None, depthwise_impl: str = 'auto', **overrides) -> HATNet:
+           unroll: bool = False, attention_impl: str | None = None, depthwise_impl: str = 'auto', **overrides) -> HATNet:
   """HAT-Net variant `name` ('hatnet_tiny', ...); `overrides` replace fields of its table row (e.g. dims).
 
   dtype is the compute dtype ('float32' or 'bfloat16'), param_dtype that of the parameters.
+  remat rematerialises each block in the backward pass; unroll unrolls the scan over a stage's blocks
+  (longer compiles; XLA's cost analysis then counts every block).
   attention_impl: None/'' (JAX chooses), 'xla', or 'cudnn' (flash attention on GPU).
   """
   variant = get_variant(name, **overrides)
@@ -38,5 +40,5 @@ def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, d
   if attention_impl not in (None, '', 'xla', 'cudnn'):
     raise ValueError(f"attention_impl must be '', 'xla' or 'cudnn'; got {attention_impl!r}")
   return HATNet(variant, num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate,
-                head_drop_rate=head_drop_rate, remat=remat, attention_impl=attention_impl or None,
+                head_drop_rate=head_drop_rate, remat=remat, unroll=unroll, attention_impl=attention_impl or None,
                 depthwise_impl=depthwise_impl, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype))

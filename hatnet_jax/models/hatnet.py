@@ -68,12 +68,14 @@ class Stage(nn.Module):
   block: dict  # Block's fields other than `train`
   drop_path_rates: tuple[float, ...]
   remat: bool = False
+  unroll: bool = False  # unrolled, XLA sees every block (its cost analysis counts a loop body only once)
 
   @nn.compact
   def __call__(self, x, train: bool):
     block_cls = nn.remat(Block, prevent_cse=False) if self.remat else Block
     blocks = nn.scan(block_cls, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                     in_axes=0, length=len(self.drop_path_rates))
+                     in_axes=0, length=len(self.drop_path_rates),
+                     unroll=len(self.drop_path_rates) if self.unroll else 1)
     x, _ = blocks(train=train, name='blocks', **self.block)(x, jnp.asarray(self.drop_path_rates, jnp.float32))
     return x
 
@@ -90,6 +92,7 @@ class HATNet(nn.Module):
   drop_rate: float = 0.0
   head_drop_rate: float = 0.2
   remat: bool = False
+  unroll: bool = False
   attention_impl: str | None = None
   depthwise_impl: str = 'auto'
   dtype: Any = jnp.float32
@@ -121,7 +124,7 @@ class HATNet(nn.Module):
                    attention_impl=self.attention_impl, depthwise_impl=self.depthwise_impl, dtype=self.dtype,
                    param_dtype=self.param_dtype)
       x = Stage(block, tuple(float(r) for r in rates[start:start + v.depths[i]]), self.remat,
-                name=f'stage{i + 1}')(x, train)
+                self.unroll, name=f'stage{i + 1}')(x, train)
       maps.append(x)
     return maps
 
