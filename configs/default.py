@@ -2,8 +2,8 @@
 
 Variant configs (hatnet_tiny.py ...) start from `get_config()` here and change only what differs.
 Every field is overridable from the command line (`--config.batch_size=512`); unknown keys are rejected.
-Durations are given in epochs (`*_epochs`) or steps (`*_steps`); exactly one of each pair is set and
-`hatnet_jax.schedule.to_steps` turns either into steps.
+Durations are given in epochs (`*_epochs`) or steps (`*_steps`); `hatnet_jax.schedule.to_steps` turns
+either into steps, and a `*_steps` field that is set wins (so `--config.num_steps=100` alone switches).
 """
 import ml_collections
 
@@ -27,14 +27,18 @@ def get_config():
 
   # ---- Data (hatnet_jax.data) ----
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = 'imagenet2012'  # any TFDS image classification name, 'digits', or 'image_folder'
+  # 'imagenet2012', 'digits' (scikit-learn digits, built in), 'image_folder' (manual_dir/<split>/<class>/
+  # *.jpg) or any TFDS image classification name ('cifar10', 'imagenette/320px', ...).
+  c.data.dataset = 'imagenet2012'
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir (None: TFDS default)
   c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)  # ImageNet tars / ImageFolder root
   c.data.train_split = 'train'
-  c.data.eval_split = 'validation'
+  c.data.eval_split = 'validation'  # datasets without 'validation' (cifar10, digits) fall back to 'test'
+  c.data.eval_batch_size = 0  # global; 0: batch_size
   c.data.image_size = 224
   c.data.eval_crop_ratio = 0.875  # eval: resize shorter side to image_size / ratio, center crop
-  c.data.interpolation = 'bicubic'
+  c.data.interpolation = 'bicubic'  # resizes and RandAugment's geometric ops
+  c.data.antialias = True  # PIL-like antialiased resizes (False: ~2x faster host decode, aliasing)
   c.data.mean = (0.485, 0.456, 0.406)  # ImageNet mean/std on [0, 1] pixels
   c.data.std = (0.229, 0.224, 0.225)
   c.data.crop_scale = (0.08, 1.0)  # RandomResizedCrop
@@ -44,15 +48,16 @@ def get_config():
   c.data.erase_prob = 0.25  # random erasing, after normalisation
   c.data.erase_mode = 'pixel'
   c.data.erase_count = 1
-  c.data.mixup_alpha = 0.8
+  c.data.mixup_alpha = 0.8  # Mixup/CutMix run in the train step: hatnet_jax.data.mixup.mix_batch
   c.data.cutmix_alpha = 1.0
   c.data.mixup_prob = 1.0  # probability of applying mixup or cutmix to a batch
   c.data.mixup_switch_prob = 0.5  # probability of cutmix instead of mixup
   c.data.label_smoothing = 0.1
   c.data.repeated_aug = 1  # 3 = DeiT repeated augmentation
-  c.data.shuffle_buffer = 16_384
   c.data.prefetch = 2  # batches prefetched onto the devices
-  c.data.cache = False  # cache decoded eval data in memory (small datasets)
+  c.data.threads = 0  # tf.data threads per process (0: one per host CPU core)
+  c.data.cache = False  # keep the encoded images in host memory (small datasets, e.g. digits)
+  c.data.skip_corrupt = True  # replace (and count) undecodable training images; False: ~10% faster host
 
   # ---- Optimisation (hatnet_jax.train) ----
   c.batch_size = 1024  # global, over all devices of all processes
@@ -72,6 +77,7 @@ def get_config():
   c.grad_accum_steps = 1
   c.ema_decay = 0.0  # 0 disables the EMA of the weights
   c.shard_params = False  # FSDP-style: shard params and optimizer state over the 'data' axis
+  c.shard_params_min_size = 2**14  # with shard_params: smaller arrays stay replicated
 
   # ---- Bookkeeping ----
   c.log_every_steps = 100
@@ -83,5 +89,6 @@ def get_config():
   c.init_from = ''  # a checkpoint dir (e.g. written by hatnet_jax.convert) to start from
   c.profile_start_step = -1  # >= 0: write a profiler trace of profile_num_steps steps from this step
   c.profile_num_steps = 5
-  c.log_images_every_steps = 0  # > 0: write a sample of augmented training images
+  c.log_images_every_steps = 0  # > 0: write a sample of augmented training images (also at the first step)
+  c.log_images_count = 8
   return c

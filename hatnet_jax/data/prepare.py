@@ -1,0 +1,50 @@
+"""Prepares a dataset once, in the random-access array_record format the pipeline reads.
+
+    python -m hatnet_jax.data.prepare --dataset=imagenet2012 --manual_dir=/data/imagenet_tars \
+        [--data_dir=/data/tfds]
+
+ImageNet: the manual dir must hold ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar as downloaded
+from image-net.org (TFDS ships the validation labels). Other TFDS datasets are downloaded by TFDS;
+'digits' needs nothing. 'image_folder' needs no preparation (files are read in place).
+"""
+import argparse
+import logging
+import os
+import sys
+
+import ml_collections
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--dataset', required=True)
+  parser.add_argument('--manual_dir', default=None)
+  parser.add_argument('--data_dir', default=None)
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO)
+  from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+  d = ml_collections.ConfigDict(dict(dataset=args.dataset, manual_dir=args.manual_dir,
+                                     data_dir=args.data_dir))
+  if args.dataset == sources.IMAGE_FOLDER:
+    print('image_folder needs no preparation: files are read in place.')
+    return 0
+  builder = sources.get_builder(d)
+  if builder.name.startswith('imagenet2012'):
+    manual = args.manual_dir or os.path.join(builder.data_dir_root, 'downloads', 'manual')
+    missing = [f for f, _ in sources.IMAGENET_FILES if not os.path.exists(os.path.join(manual, f))]
+    if missing:
+      print(sources.imagenet_missing_message(d, builder, manual, missing), file=sys.stderr)
+      return 1
+  if builder.is_prepared():
+    print(f'{builder.name} is already prepared in {builder.data_dir}')
+  else:
+    sources.prepare_builder(builder, manual_dir=args.manual_dir)
+    print(f'Prepared {builder.name} in {builder.data_dir}')
+  for split, info in builder.info.splits.items():
+    print(f'  {split}: {info.num_examples} examples')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
