@@ -1,0 +1,13 @@
+"""HAT-Net-Small on ImageNet-1k with the PVT recipe (300 epochs, global batch 1024, AdamW, lr 1e-3).
+
+  python main.py --config=configs/hatnet_small.py --workdir=runs/hatnet_small \
+      --config.data.manual_dir=/path/to/imagenet_tars
+"""
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.model = 'hatnet_small'
+  c.drop_path_rate = 0.1
+  return c

@@ -1,0 +1,47 @@
+"""Run length and learning-rate schedule: durations in epochs or steps, linear warmup then cosine decay."""
+import ml_collections
+import optax
+
+
+def to_steps(epochs: int | None, steps: int | None, steps_per_epoch: int, *, name: str = 'duration') -> int:
+  """A duration given in epochs or in steps, in optimizer steps; `steps`, when set, wins over `epochs`.
+
+  (The config sets the epoch form by default, so `--config.num_steps=100` alone switches to steps.)
+  """
+  if steps is not None:
+    if steps < 0:
+      raise ValueError(f'{name}: steps must be >= 0, got {steps}')
+    return int(steps)
+  if epochs is None:
+    raise ValueError(f'{name}: set either the *_epochs or the *_steps field')
+  if epochs < 0:
+    raise ValueError(f'{name}: epochs must be >= 0, got {epochs}')
+  return int(epochs) * int(steps_per_epoch)
+
+
+def steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
+  """Full batches per pass over the training set (the last partial batch is dropped), at least 1."""
+  return max(1, num_train_examples // batch_size)
+
+
+def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """The linear scaling rule of the recipe: base_lr x global batch / lr_base_batch."""
+  return config.base_lr * config.batch_size / config.lr_base_batch
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict, num_steps_per_epoch: int) -> optax.Schedule:
+  """Per-step schedule: linear warmup from `warmup_lr` to the peak, then cosine decay to `min_lr`.
+
+  The step counts optimizer updates (one per global batch, gradient accumulation included); the cosine
+  spans the steps after the warmup, so the last step's learning rate is min_lr.
+  """
+  total = to_steps(config.num_epochs, config.num_steps, num_steps_per_epoch, name='num_epochs/num_steps')
+  warmup = to_steps(config.warmup_epochs, config.warmup_steps, num_steps_per_epoch, name='warmup_epochs/warmup_steps')
+  warmup = min(warmup, total)
+  peak = peak_learning_rate(config)
+  cosine = optax.cosine_decay_schedule(init_value=peak, decay_steps=max(total - warmup, 1),
+                                       alpha=config.min_lr / peak if peak else 0.0)
+  if warmup == 0:
+    return cosine
+  linear = optax.linear_schedule(init_value=config.warmup_lr, end_value=peak, transition_steps=warmup)
+  return optax.join_schedules([linear, cosine], boundaries=[warmup])

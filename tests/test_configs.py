@@ -1,0 +1,67 @@
+"""Every config in configs/ loads as main.py loads it and builds its model; the variants follow the PVT recipe."""
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from hatnet_jax import models, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
+VARIANTS = {'hatnet_tiny': 0.1, 'hatnet_small': 0.1, 'hatnet_medium': 0.3, 'hatnet_large': 0.3}
+
+
+def load_config(path):
+  """What ml_collections.config_flags does with --config=path."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_all_expected_configs_exist():
+  names = {os.path.basename(p) for p in CONFIGS}
+  assert {'default.py', 'digits.py'} | {f'{v}.py' for v in VARIANTS} <= names
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
+def test_config_loads_and_builds_its_model(path):
+  config = load_config(path)
+  num_classes = 10 if config.data.dataset == 'digits' else 1000
+  model = train.create_model(config, num_classes)
+  size = config.data.image_size
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))
+  logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, size, size, 3)), train=False), variables)
+  assert logits.shape == (2, num_classes)
+  if config.model_overrides.to_dict() == {} and num_classes == 1000:
+    assert sum(x.size for x in jax.tree.leaves(variables)) == models.PARAM_COUNTS[config.model]
+
+
+@pytest.mark.parametrize('name', sorted(VARIANTS))
+def test_variant_configs_follow_the_pvt_recipe(name):
+  c = load_config(os.path.join(REPO, 'configs', f'{name}.py'))
+  assert c.model == name and c.data.dataset == 'imagenet2012'
+  assert (c.b1, c.b2, c.eps) == (0.9, 0.999, 1e-8)
+  assert c.batch_size == 1024 and c.base_lr * c.batch_size / c.lr_base_batch == pytest.approx(1e-3)
+  assert c.weight_decay == 0.05
+  assert (c.num_epochs, c.num_steps, c.warmup_epochs, c.warmup_steps) == (300, None, 5, None)
+  assert (c.warmup_lr, c.min_lr) == (1e-6, 1e-5)
+  assert c.drop_path_rate == VARIANTS[name]
+  assert c.grad_clip_norm == (1.0 if name == 'hatnet_large' else 0.0)
+  assert c.data.label_smoothing == 0.1
+  assert (c.eval_every_epochs, c.eval_every_steps) == (1, None)
+
+
+def test_main_rejects_unknown_config_keys(tmp_path):
+  cmd = [sys.executable, os.path.join(REPO, 'main.py'), f'--config={REPO}/configs/digits.py',
+         f'--workdir={tmp_path}', '--config.no_such_field=1']
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode != 0
+  assert 'no_such_field' in out.stderr
+  assert not os.listdir(tmp_path)  # nothing was started

@@ -1,0 +1,141 @@
+"""Checkpoint manager (keep last K + best), restore onto fewer devices / other shardings, pretrained loading,
+and the SIGTERM watcher. Small pytrees only: nothing here compiles the model."""
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from configs import default
+from hatnet_jax import checkpoint, optim, preemption, train
+
+
+def _state(mesh, config, seed=0):
+  params = {
+      'stem': {'kernel': jax.random.normal(jax.random.PRNGKey(seed), (3, 3, 3, 16)), 'bias': jnp.arange(16.0)},
+      'head': {'kernel': jax.random.normal(jax.random.PRNGKey(seed + 1), (16, 10)), 'bias': jnp.zeros(10)},
+  }
+  tx = optim.create_optimizer(config, optax.constant_schedule(1e-3))
+  opt_state = tx.init(params)
+  # one update so the optimizer state is not all zeros
+  _, opt_state = tx.update(jax.tree.map(jnp.ones_like, params), opt_state, params)
+  state = train.TrainState(step=jnp.int32(7), params=params, opt_state=opt_state, ema_params=params,
+                           rng=jax.random.PRNGKey(42), nonfinite_step=jnp.int32(-1))
+  shardings = train.state_shardings(state, mesh, config)
+  return jax.device_put(state, shardings), shardings
+
+
+def _abstract(state, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+def _assert_bitwise_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_keeps_last_k_and_best(tmp_path):
+  mesh = train.create_mesh()
+  state, _ = _state(mesh, default.get_config())
+  mngr = checkpoint.CheckpointManager(str(tmp_path / 'ck'), max_to_keep=2, keep_best=True)
+  top1 = {10: 0.3, 20: 0.9, 30: None, 40: 0.5, 50: None}
+  for step, acc in top1.items():
+    assert mngr.save(step, state, metrics=None if acc is None else {'top1': acc})
+  assert not mngr.save(50, state)  # an existing step is not written twice
+  mngr.wait_until_finished()
+  assert list(mngr.all_steps()) == [20, 40, 50]  # best (20) + last two
+  mngr.close()
+  no_best = checkpoint.CheckpointManager(str(tmp_path / 'ck2'), max_to_keep=2, keep_best=False)
+  for step, acc in top1.items():
+    no_best.save(step, state, metrics=None if acc is None else {'top1': acc})
+  no_best.close()
+  assert list(checkpoint.CheckpointManager(str(tmp_path / 'ck2'), max_to_keep=2, keep_best=False).all_steps()) \
+      == [40, 50]
+
+
+def test_restore_from_8_devices_onto_4_and_onto_fsdp(tmp_path):
+  config = default.get_config()
+  mesh8 = train.create_mesh()
+  assert mesh8.size == 8
+  state, _ = _state(mesh8, config)
+  mngr = checkpoint.CheckpointManager(str(tmp_path / 'ck'), max_to_keep=3, keep_best=False)
+  mngr.save(7, state)
+  mngr.close()
+
+  mesh4 = train.create_mesh(jax.devices()[:4])
+  target, shardings4 = _state(mesh4, config, seed=5)
+  restored = checkpoint.CheckpointManager(str(tmp_path / 'ck'), max_to_keep=3, keep_best=False).restore(
+      _abstract(target, shardings4))
+  assert isinstance(restored, train.TrainState)
+  _assert_bitwise_equal(restored, state)
+  for leaf in jax.tree.leaves(restored):
+    assert leaf.sharding.mesh.size == 4 and leaf.sharding.is_fully_replicated
+
+  config.shard_params = True
+  config.shard_params_min_size = 16
+  target, fsdp = _state(mesh4, config, seed=5)
+  assert fsdp.params['stem']['kernel'].spec == P(None, None, None, 'data')  # 16 channels over 4 devices
+  assert fsdp.params['head']['kernel'].spec == P('data', None)
+  assert fsdp.params['head']['bias'].is_fully_replicated  # 10 elements: below the minimum size
+  restored = checkpoint.CheckpointManager(str(tmp_path / 'ck'), max_to_keep=3, keep_best=False).restore(
+      _abstract(target, fsdp))
+  _assert_bitwise_equal(restored, state)
+  assert restored.params['stem']['kernel'].sharding.spec == P(None, None, None, 'data')
+
+
+def test_load_params_keeps_a_fresh_head_for_other_classes(tmp_path):
+  mesh = train.create_mesh()
+  replicated = NamedSharding(mesh, P())
+  pretrained = {'stem': {'kernel': jnp.full((3, 3, 3, 16), 2.0), 'bias': jnp.full((16,), 3.0)},
+                'head': {'kernel': jnp.ones((16, 1000)), 'bias': jnp.ones((1000,))}}
+  ckptr = ocp.StandardCheckpointer()  # as hatnet_jax.convert writes it
+  ckptr.save(str(tmp_path / 'converted'), {'params': pretrained})
+  ckptr.wait_until_finished()
+
+  fresh = jax.device_put({'stem': {'kernel': jnp.zeros((3, 3, 3, 16)), 'bias': jnp.zeros((16,))},
+                          'head': {'kernel': jnp.full((16, 10), 7.0), 'bias': jnp.zeros((10,))}}, replicated)
+  loaded = checkpoint.load_params(str(tmp_path / 'converted'), fresh)
+  np.testing.assert_array_equal(loaded['stem']['kernel'], 2.0)
+  np.testing.assert_array_equal(loaded['stem']['bias'], 3.0)
+  np.testing.assert_array_equal(loaded['head']['kernel'], 7.0)  # 10 classes: the head stays fresh
+  assert loaded['stem']['kernel'].sharding == replicated
+
+  same_head = jax.device_put(jax.tree.map(jnp.zeros_like, pretrained), replicated)
+  loaded = checkpoint.load_params(str(tmp_path / 'converted'), same_head, require_all=True)
+  _assert_bitwise_equal(loaded, pretrained)
+  with pytest.raises(ValueError, match='head/'):
+    checkpoint.load_params(str(tmp_path / 'converted'), fresh, require_all=True)  # eval: no fresh heads
+  bad = dict(fresh, stem={'kernel': jnp.zeros((3, 3, 3, 8)), 'bias': jnp.zeros((16,))})
+  with pytest.raises(ValueError, match='stem/kernel of shape'):
+    checkpoint.load_params(str(tmp_path / 'converted'), bad)
+  with pytest.raises(FileNotFoundError):
+    checkpoint.load_params(str(tmp_path / 'missing'), fresh)
+
+
+def test_load_params_from_a_training_checkpoint(tmp_path):
+  mesh = train.create_mesh()
+  state, _ = _state(mesh, default.get_config())
+  mngr = checkpoint.CheckpointManager(str(tmp_path / 'ck'), max_to_keep=1, keep_best=False)
+  mngr.save(7, state)
+  mngr.close()
+  target = jax.tree.map(jnp.zeros_like, state.params)
+  loaded = checkpoint.load_params(os.path.join(tmp_path, 'ck', '7', checkpoint.STATE_ITEM), target,
+                                  require_all=True)
+  _assert_bitwise_equal(loaded, state.params)
+
+
+def test_preemption_watcher_catches_sigterm():
+  before = signal.getsignal(signal.SIGTERM)
+  watcher = preemption.PreemptionWatcher()
+  assert not watcher.reached(1)
+  os.kill(os.getpid(), signal.SIGTERM)
+  assert watcher.reached(2)
+  watcher.close()
+  assert signal.getsignal(signal.SIGTERM) == before
