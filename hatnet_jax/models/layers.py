@@ -18,10 +18,22 @@ def group_norm(name: str | None = None, param_dtype=jnp.float32) -> nn.GroupNorm
                       use_fast_variance=False, name=name)
 
 
+class Pointwise(nn.Dense):
+  """A 1x1 convolution of the official model: nn.Dense over the channel axis of an NHWC map (same params).
+
+  The map is flattened to (tokens, C) first: XLA's CPU backend computes the kernel gradient of a
+  contraction over (B, H, W) 2-3x slower than the same matmul over one flattened axis (a free reshape).
+  """
+
+  def __call__(self, x):
+    y = super().__call__(x.reshape(-1, x.shape[-1]))
+    return y.reshape(x.shape[:-1] + (self.features,))
+
+
 def dense(features: int, *, use_bias: bool = True, dtype: Dtype, param_dtype: Dtype, name: str | None = None):
-  """A 1x1 convolution of the official model: a dense layer over the channel axis of an NHWC map."""
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, kernel_init=init_kernel,
-                  name=name)
+  """A 1x1 convolution (see Pointwise), truncated-normal initialised as in the official model."""
+  return Pointwise(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, kernel_init=init_kernel,
+                   name=name)
 
 
 class DepthwiseConv(nn.Module):
