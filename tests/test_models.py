@@ -191,13 +191,16 @@ def test_count_correct_pooling():
   np.testing.assert_allclose(pooled[0, 0, 0, 0], (0 + 1 + 5 + 6) / 4)
 
 
-def test_depthwise_shift_equals_grouped_conv():
+def test_depthwise_shift_equals_grouped_conv_forward_and_gradients():
   x = jax.random.normal(jax.random.key(0), (2, 9, 11, 16))
   for k in (3, 5):
-    shift = layers.DepthwiseConv(k, impl='shift')
+    shift, conv = layers.DepthwiseConv(k, impl='shift'), layers.DepthwiseConv(k, impl='conv')
     variables = shift.init(jax.random.key(1), x)
-    np.testing.assert_allclose(shift.apply(variables, x), layers.DepthwiseConv(k, impl='conv').apply(variables, x),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(shift.apply(variables, x), conv.apply(variables, x), rtol=1e-5, atol=1e-5)
+    cot = jax.random.normal(jax.random.key(2), x.shape)
+    grads = [jax.grad(lambda v, x: jnp.sum(m.apply(v, x) * cot), argnums=(0, 1))(variables, x) for m in (shift, conv)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_clear_errors():

@@ -61,15 +61,48 @@ class DepthwiseConv(nn.Module):
                                           feature_group_count=channels)
     if impl != 'shift':
       raise ValueError(f"depthwise impl must be 'auto', 'conv' or 'shift', got {impl!r}")
-    p = k // 2
-    h, w = x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    out = xp[:, :h, :w, :] * kernel[0, 0, 0]
-    for i in range(k):
-      for j in range(k):
-        if i or j:
-          out = out + xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
-    return out
+    return depthwise_shift(x, kernel[:, :, 0, :])
+
+
+def _shift_correlate(x, kernel):
+  """sum_ij x[h+i-p, w+j-p] * kernel[i, j]: a depthwise cross-correlation as k*k shifted multiply-adds."""
+  k = kernel.shape[0]
+  p, (h, w) = k // 2, x.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  out = xp[:, :h, :w, :] * kernel[0, 0]
+  for i in range(k):
+    for j in range(k):
+      if i or j:
+        out = out + xp[:, i:i + h, j:j + w, :] * kernel[i, j]
+  return out
+
+
+@jax.custom_vjp
+def depthwise_shift(x, kernel):
+  """Depthwise kxk 'same' cross-correlation of NHWC `x` with `kernel` (k, k, C), as shifted multiply-adds.
+
+  Its gradient is written out (custom_vjp) so that the backward pass keeps only x and the kernel: plain
+  autodiff would save each of the k*k shifted slices, k*k times the activation memory of the block.
+  """
+  return _shift_correlate(x, kernel)
+
+
+def _depthwise_shift_fwd(x, kernel):
+  return _shift_correlate(x, kernel), (x, kernel)
+
+
+def _depthwise_shift_bwd(res, g):
+  x, kernel = res
+  k = kernel.shape[0]
+  p, (h, w) = k // 2, x.shape[1:3]
+  dx = _shift_correlate(g, kernel[::-1, ::-1])  # the transpose of a correlation: the flipped kernel
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  dk = jnp.stack([jnp.stack([jnp.sum(xp[:, i:i + h, j:j + w, :] * g, axis=(0, 1, 2), dtype=jnp.float32)
+                             for j in range(k)]) for i in range(k)])
+  return dx, dk.astype(kernel.dtype)
+
+
+depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
 
 
 def drop_path(module: nn.Module, x, rate, deterministic: bool):
