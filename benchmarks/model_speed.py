@@ -1,0 +1,295 @@
+"""Throughput, compile time, FLOPs, MFU and peak memory of HAT-Net's train step and inference.
+
+    python benchmarks/model_speed.py --model=hatnet_tiny --batch_size=16
+    python benchmarks/model_speed.py --model=hatnet_small --batch_size=128,256 --dtype=float32,bfloat16
+    python benchmarks/model_speed.py --model=hatnet_tiny --batch_size=16 --compare_torch
+    python benchmarks/model_speed.py --model=hatnet_tiny --batch_size=128 --attention_impl=xla,cudnn --remat=0,1
+    python benchmarks/model_speed.py --model=hatnet_large --find_max_batch --dtype=bfloat16
+
+The train step is the trainer's own (hatnet_jax.train.train_step: mixup, forward, backward, AdamW update,
+EMA off) jitted over a 'data' mesh of all local devices with the trainer's shardings; inputs are synthetic
+and already on the devices. --batch_size is per device. Each figure is the median of --repeats timed
+repetitions (after --warmup untimed steps) with min and max. FLOPs come from XLA's cost analysis of the
+step lowered with the stages unrolled (XLA counts a scan body once). Prints one JSON line per
+configuration, then a table. Needs no tensorflow.
+"""
+import argparse
+import itertools
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import default as default_config  # noqa: E402
+from hatnet_jax import models, optim, schedule, train  # noqa: E402
+
+# Dense bf16 peak TFLOP/s (no sparsity) by device-kind substring, for the default MFU denominator.
+PEAK_BF16_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L4': 121.0, 'TPU v5 lite': 197.0,
+                    'TPU v4': 275.0, 'TPU v5p': 459.0}
+NUM_CLASSES = 1000
+
+
+def _peak_tflops(flag_value: float | None) -> float | None:
+  if flag_value:
+    return flag_value
+  kind = jax.devices()[0].device_kind
+  return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in kind), None)
+
+
+def _time(fn, warmup: int, repeats: int, steps: int) -> list[float]:
+  """Seconds per step of `fn` (which blocks), for each repetition of `steps` steps."""
+  for _ in range(warmup):
+    fn()
+  out = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    for _ in range(steps):
+      fn()
+    out.append((time.perf_counter() - t) / steps)
+  return out
+
+
+def _peak_memory_bytes() -> tuple[int, str]:
+  stats = jax.local_devices()[0].memory_stats() if jax.default_backend() != 'cpu' else None
+  if stats and 'peak_bytes_in_use' in stats:
+    return int(stats['peak_bytes_in_use']), 'device peak (device 0)'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'host peak RSS'
+
+
+def _config(args, dtype, remat, attention_impl, global_batch):
+  c = default_config.get_config()
+  c.model, c.dtype, c.remat, c.attention_impl = args.model, dtype, remat, attention_impl
+  c.batch_size, c.data.image_size = global_batch, args.image_size
+  c.num_steps, c.warmup_steps = 1000, 10
+  return c
+
+
+def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: int) -> dict:
+  mesh = train.create_mesh(jax.local_devices())
+  global_batch = per_device * mesh.size
+  config = _config(args, dtype, remat, attention_impl, global_batch)
+  model = train.create_model(config, NUM_CLASSES)
+  lr_fn = schedule.create_learning_rate_fn(config, 1000)
+  tx = optim.create_optimizer(config, lr_fn)
+  data_sharding = NamedSharding(mesh, P(train.DATA_AXIS))
+  s = args.image_size
+  images = jax.device_put(np.random.RandomState(0).randn(global_batch, s, s, 3).astype(np.float32), data_sharding)
+  labels = jax.device_put(np.arange(global_batch, dtype=np.int32) % NUM_CLASSES, data_sharding)
+  batch = {'image': images, 'label': labels}
+  result = dict(model=args.model, backend=jax.default_backend(), device=jax.devices()[0].device_kind,
+                num_devices=mesh.size, batch_per_device=per_device, image_size=s, dtype=dtype, remat=remat,
+                attention_impl=attention_impl or 'default', jax=jax.__version__)
+
+  def step_fn(model_):
+    abstract, shardings = train.abstract_train_state(config, model_, tx, mesh)
+    fn = jax.jit(lambda st, b: train.train_step(st, b, model=model_, tx=tx, learning_rate_fn=lr_fn, config=config,
+                                                num_classes=NUM_CLASSES, mesh=mesh),
+                 in_shardings=(shardings, data_sharding), out_shardings=(shardings, NamedSharding(mesh, P())),
+                 donate_argnums=(0,))
+    return fn, abstract
+
+  # FLOPs of one train step / one forward, with every block visible to XLA's cost analysis.
+  unrolled = train.create_model(config, NUM_CLASSES).clone(unroll=True)
+  fn_u, abstract_u = step_fn(unrolled)
+  result['train_gflops_per_image'] = fn_u.lower(abstract_u, batch).cost_analysis()['flops'] / global_batch / 1e9
+  infer_u = jax.jit(lambda p, x: unrolled.apply({'params': p}, x, train=False))
+  result['infer_gflops_per_image'] = (infer_u.lower(abstract_u.params, images).cost_analysis()['flops']
+                                      / global_batch / 1e9)
+
+  if 'train' in args.mode:
+    fn, abstract = step_fn(model)
+    t = time.perf_counter()
+    compiled = fn.lower(abstract, batch).compile()
+    result['train_compile_s'] = time.perf_counter() - t
+    state = train.create_train_state(config, model, tx, mesh)
+    holder = [state]
+
+    def run():
+      holder[0], metrics = compiled(holder[0], batch)
+      jax.block_until_ready(metrics['train_loss'])
+
+    times = _time(run, args.warmup, args.repeats, args.steps)
+    ips = [global_batch / t for t in times]
+    result.update(train_images_per_s=statistics.median(ips), train_images_per_s_min=min(ips),
+                  train_images_per_s_max=max(ips))
+    del holder, state
+
+  if 'infer' in args.mode:
+    params = train.create_train_state(config, model, tx, mesh).params
+    infer = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False), out_shardings=data_sharding)
+    t = time.perf_counter()
+    compiled_infer = infer.lower(params, images).compile()
+    result['infer_compile_s'] = time.perf_counter() - t
+    times = _time(lambda: jax.block_until_ready(compiled_infer(params, images)), args.warmup, args.repeats, args.steps)
+    ips = [global_batch / t for t in times]
+    result.update(infer_images_per_s=statistics.median(ips), infer_images_per_s_min=min(ips),
+                  infer_images_per_s_max=max(ips))
+
+  peak = _peak_tflops(args.peak_tflops)
+  for kind in ('train', 'infer'):
+    if f'{kind}_images_per_s' in result:
+      tflops = result[f'{kind}_images_per_s'] * result[f'{kind}_gflops_per_image'] / 1e3
+      result[f'{kind}_tflops'] = tflops
+      result[f'{kind}_mfu'] = tflops / (peak * mesh.size) if peak else None
+  result['peak_tflops_per_device'] = peak
+  result['peak_memory_bytes'], result['peak_memory_kind'] = _peak_memory_bytes()
+  return result
+
+
+def bench_torch(args, dtype: str, per_device: int) -> dict:
+  """The PyTorch HAT-Net of the parity tests (tests/torch_hatnet.py): AdamW train step and inference on one
+  device (CUDA if available, with bf16 autocast for dtype=bfloat16)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests'))
+  import torch_hatnet  # pylint: disable=g-import-not-at-top
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  net = torch_hatnet.HATNet(models.get_variant(args.model), num_classes=NUM_CLASSES, drop_path_rate=0.1).to(device)
+  net = net.to(memory_format=torch.channels_last)
+  opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
+  s = args.image_size
+  x = torch.randn(per_device, 3, s, s, device=device).to(memory_format=torch.channels_last)
+  y = torch.randint(0, NUM_CLASSES, (per_device,), device=device)
+  amp = dict(device_type=device, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+
+  def train_step():
+    with torch.autocast(**amp):
+      loss = torch.nn.functional.cross_entropy(net(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sync()
+
+  def infer():
+    with torch.no_grad(), torch.autocast(**amp):
+      net(x)
+    sync()
+
+  out = dict(torch=torch.__version__, torch_device=device, torch_threads=torch.get_num_threads())
+  if 'train' in args.mode:
+    net.train()
+    out['torch_train_images_per_s'] = statistics.median(
+        per_device / t for t in _time(train_step, args.warmup, args.repeats, args.steps))
+  if 'infer' in args.mode:
+    net.eval()
+    out['torch_infer_images_per_s'] = statistics.median(
+        per_device / t for t in _time(infer, args.warmup, args.repeats, args.steps))
+  return out
+
+
+def find_max_batch(args, dtype, remat, attention_impl) -> int:
+  """Largest per-device batch (powers of two, then bisection) whose train step runs without OOM."""
+  def fits(b):
+    try:
+      bench_jax(argparse.Namespace(**{**vars(args), 'mode': 'train', 'warmup': 1, 'repeats': 1, 'steps': 1}),
+                dtype, remat, attention_impl, b)
+      return True
+    except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED is the expected failure
+      if 'RESOURCE_EXHAUSTED' not in str(e) and 'out of memory' not in str(e).lower():
+        raise
+      return False
+    finally:
+      jax.clear_caches()
+
+  lo, hi = 0, args.max_batch_start
+  while fits(hi):
+    lo, hi = hi, hi * 2
+  while hi - lo > max(1, lo // 16):  # to within ~6%
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+  return lo
+
+
+def _table(rows: list[dict]) -> str:
+  cols = [('dtype', 'dtype', '{}'), ('batch/dev', 'batch_per_device', '{}'), ('attn', 'attention_impl', '{}'),
+          ('remat', 'remat', '{}'), ('train img/s', 'train_images_per_s', '{:.1f}'),
+          ('(min-max)', None, None), ('compile s', 'train_compile_s', '{:.1f}'),
+          ('infer img/s', 'infer_images_per_s', '{:.1f}'), ('infer compile s', 'infer_compile_s', '{:.1f}'),
+          ('GFLOP/img train', 'train_gflops_per_image', '{:.2f}'), ('train TFLOP/s', 'train_tflops', '{:.2f}'),
+          ('MFU', 'train_mfu', '{:.1%}'), ('peak mem GiB', 'peak_memory_bytes', None),
+          ('torch train img/s', 'torch_train_images_per_s', '{:.1f}'),
+          ('torch infer img/s', 'torch_infer_images_per_s', '{:.1f}')]
+  lines = ['| ' + ' | '.join(c[0] for c in cols) + ' |', '|' + '---|' * len(cols)]
+  for r in rows:
+    cells = []
+    for _, key, fmt in cols:
+      if key is None:
+        lo, hi = r.get('train_images_per_s_min'), r.get('train_images_per_s_max')
+        cells.append(f'{lo:.1f}-{hi:.1f}' if lo is not None else '')
+      elif key == 'peak_memory_bytes':
+        cells.append(f"{r[key] / 2**30:.1f}")
+      elif r.get(key) is None:
+        cells.append('')
+      else:
+        cells.append(fmt.format(r[key]))
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--model', default='hatnet_tiny', choices=models.names())
+  parser.add_argument('--batch_size', default='16', help='per-device batch sizes, comma-separated')
+  parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--dtype', default='float32', help='comma-separated: float32,bfloat16')
+  parser.add_argument('--mode', default='train,infer', help='train, infer or both (comma-separated)')
+  parser.add_argument('--attention_impl', default='', help="comma-separated: '' (JAX chooses), xla, cudnn")
+  parser.add_argument('--remat', default='0', help='comma-separated 0/1')
+  parser.add_argument('--warmup', type=int, default=1, help='untimed steps after compilation')
+  parser.add_argument('--repeats', type=int, default=3, help='timed repetitions (median, min, max)')
+  parser.add_argument('--steps', type=int, default=1, help='steps per timed repetition')
+  parser.add_argument('--peak_tflops', type=float, default=None,
+                      help='per-device peak TFLOP/s for MFU (default: bf16 dense peak of the detected GPU)')
+  parser.add_argument('--compare_torch', action='store_true', help='also time the PyTorch implementation')
+  parser.add_argument('--find_max_batch', action='store_true', help='search the largest per-device batch')
+  parser.add_argument('--max_batch_start', type=int, default=64)
+  parser.add_argument('--json_out', default='', help='append the JSON lines to this file')
+  args = parser.parse_args(argv)
+  args.mode = args.mode.split(',')
+
+  rows = []
+  for dtype, remat, impl in itertools.product(args.dtype.split(','), args.remat.split(','),
+                                              args.attention_impl.split(',')):
+    remat = remat in ('1', 'true', 'True')
+    batches = args.batch_size.split(',')
+    if args.find_max_batch:
+      batches = [find_max_batch(args, dtype, remat, impl)]
+      print(f'largest per-device batch for {args.model} {dtype} remat={remat}: {batches[0]}', flush=True)
+    for b in batches:
+      row = bench_jax(args, dtype, remat, impl, int(b))
+      if args.find_max_batch:
+        row['max_batch'] = True
+      if args.compare_torch:
+        row.update(bench_torch(args, dtype, int(b)))
+        for kind in ('train', 'infer'):
+          if f'torch_{kind}_images_per_s' in row and f'{kind}_images_per_s' in row:
+            per_device = row[f'{kind}_images_per_s'] / row['num_devices']
+            row[f'{kind}_speedup_vs_torch'] = per_device / row[f'torch_{kind}_images_per_s']
+      row['command'] = ' '.join(['python', 'benchmarks/model_speed.py'] + (argv if argv is not None else sys.argv[1:]))
+      print(json.dumps(row), flush=True)
+      if args.json_out:
+        with open(args.json_out, 'a') as f:
+          f.write(json.dumps(row) + '\n')
+      rows.append(row)
+      jax.clear_caches()
+  print()
+  print(f'{args.model} at {args.image_size}px on {rows[0]["num_devices"]} x {rows[0]["device"]} '
+        f'(jax {jax.__version__}); batch is per device')
+  print(_table(rows))
+  for r in rows:
+    for kind in ('train', 'infer'):
+      if f'{kind}_speedup_vs_torch' in r:
+        print(f'{kind} {r["dtype"]} batch {r["batch_per_device"]}: {r[f"{kind}_speedup_vs_torch"]:.2f}x PyTorch '
+              f'({r["torch_device"]}, {r["torch_threads"]} threads)')
+
+
+if __name__ == '__main__':
+  main()

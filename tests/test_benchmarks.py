@@ -1,0 +1,27 @@
+"""The benchmark scripts run (smallest settings) and print their figures, so they cannot rot."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+import model_speed  # noqa: E402
+
+
+def test_model_speed_smallest_setting(capsys, tmp_path):
+  pytest.importorskip('torch', reason='--compare_torch needs torch (pip install -r requirements.txt)')
+  out = tmp_path / 'rows.jsonl'
+  model_speed.main(['--model=hatnet_tiny', '--batch_size=1', '--image_size=32', '--warmup=0', '--repeats=1',
+                    '--compare_torch', f'--json_out={out}'])
+  printed = capsys.readouterr().out
+  row = json.loads(out.read_text().splitlines()[0])
+  assert json.loads(printed.splitlines()[0]) == row
+  # 8 fake CPU devices (tests/conftest.py): the step runs sharded over all of them.
+  assert row['num_devices'] == 8 and row['batch_per_device'] == 1
+  for key in ('train_images_per_s', 'infer_images_per_s', 'train_compile_s', 'train_gflops_per_image',
+              'torch_train_images_per_s', 'train_speedup_vs_torch', 'peak_memory_bytes'):
+    assert row[key] > 0, key
+  # a train step costs about 3 forward passes
+  assert 2.0 < row['train_gflops_per_image'] / row['infer_gflops_per_image'] < 4.0
+  assert '| float32 | 1 |' in printed and 'x PyTorch' in printed
