@@ -90,11 +90,7 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
 
   def step_fn(model_):
     abstract, shardings = train.abstract_train_state(config, model_, tx, mesh)
-    fn = jax.jit(lambda st, b: train.train_step(st, b, model=model_, tx=tx, learning_rate_fn=lr_fn, config=config,
-                                                num_classes=NUM_CLASSES, mesh=mesh),
-                 in_shardings=(shardings, data_sharding), out_shardings=(shardings, NamedSharding(mesh, P())),
-                 donate_argnums=(0,))
-    return fn, abstract
+    return train.jit_train_step(config, model_, tx, lr_fn, mesh, shardings, NUM_CLASSES), abstract
 
   # FLOPs of one train step / one forward, with every block visible to XLA's cost analysis.
   unrolled = train.create_model(config, NUM_CLASSES).clone(unroll=True)

@@ -241,13 +241,15 @@ def abstract_train_state(config, model, tx, mesh) -> tuple[Any, Any]:
   return abstract, shardings
 
 
-def create_train_state(config, model, tx, mesh) -> TrainState:
-  """A fresh TrainState laid out on `mesh`; params from config.init_from (fresh head) when set."""
+def create_train_state(config, model, tx, mesh, *, require_all: bool = False) -> TrainState:
+  """A fresh TrainState laid out on `mesh`; params from config.init_from (fresh head) when set.
+
+  require_all (evaluation): every parameter, the head included, must come from config.init_from."""
   _, shardings = abstract_train_state(config, model, tx, mesh)
   init = jax.jit(_init_fn(config, model, tx, config.data.image_size), out_shardings=shardings)
   state = init(jax.random.PRNGKey(config.seed))
   if config.init_from:
-    params = checkpoint.load_params(config.init_from, state.params)
+    params = checkpoint.load_params(config.init_from, state.params, require_all=require_all)
     # The optimizer state at step 0 does not depend on the parameter values (zeros), so it stays.
     state = state.replace(params=params, ema_params=params if state.ema_params is not None else None)
   return state
@@ -345,10 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     elif config.mode == 'eval':
       if not config.init_from:
         raise FileNotFoundError(f'config.mode=eval: no checkpoint in {ckpt.directory} and no config.init_from')
-      state = jax.jit(_init_fn(config, model, tx, config.data.image_size), out_shardings=shardings)(
-          jax.random.PRNGKey(config.seed))
-      params = checkpoint.load_params(config.init_from, state.params, require_all=True)
-      state = state.replace(params=params, ema_params=None if state.ema_params is None else params)
+      state = create_train_state(config, model, tx, mesh, require_all=True)
     else:
       state = create_train_state(config, model, tx, mesh)
     start_step = int(jax.device_get(state.step))
