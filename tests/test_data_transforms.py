@@ -35,20 +35,52 @@ def test_crop_box_sampling_follows_random_resized_crop():
   assert (ch, cw) == (20, round(20 * 4 / 3)) and left == (400 - cw) // 2 and top == 0
 
 
-def test_fused_jpeg_crop_matches_decode_then_crop():
+def _photo_jpegs():
+  """Real photographs (scikit-learn's sample images) re-encoded at several qualities, in RGB (4:2:0 and
+  4:4:4 chroma), greyscale and CMYK: (name, bytes)."""
+  import io  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_sample_image  # pylint: disable=g-import-not-at-top
+  out = []
+  for name in ('china.jpg', 'flower.jpg'):
+    photo = Image.fromarray(load_sample_image(name))
+    for quality in (30, 75, 95):
+      for mode, kw in (('RGB', {}), ('RGB', {'subsampling': 0}), ('L', {}), ('CMYK', {})):
+        buf = io.BytesIO()
+        photo.convert(mode).save(buf, 'JPEG', quality=quality, **kw)
+        out.append((f'{name}/q{quality}/{mode}{kw}', buf.getvalue()))
+  return out
+
+
+def _pil_rgb(data):
+  import io  # pylint: disable=g-import-not-at-top
+  return np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
+
+
+def test_jpeg_decoding_equals_pil_on_real_photographs():
+  for name, data in _photo_jpegs():
+    got = transforms.decode_image(tf.constant(data)).numpy()
+    np.testing.assert_array_equal(got, _pil_rgb(data), err_msg=name)
+
+
+def test_fused_jpeg_crop_equals_pil_decode_then_crop():
   rng = np.random.default_rng(0)
-  jpeg = testing.make_jpeg(rng, 120, 90)
-  full = tf.io.decode_jpeg(jpeg, channels=3).numpy().astype(int)
-  crop = transforms.decode_and_random_crop(tf.constant(jpeg), _seed(1), (0.08, 1.0), (0.75, 4 / 3))
-  top, left, ch, cw = (int(v) for v in transforms.sample_crop_box(_seed(1), 90, 120))
-  ref = full[top:top + ch, left:left + cw]
-  assert crop.shape == ref.shape
-  diff = np.abs(crop.numpy().astype(int) - ref)
-  assert diff.mean() < 1.0  # libjpeg's cropped decode differs only in chroma upsampling at the edges
-  # Non-JPEG input takes the decode-then-crop path and is exact.
-  png = testing.encode(full.astype(np.uint8), 'PNG')
+  for name, data in _photo_jpegs()[::3]:
+    ref = _pil_rgb(data)
+    h, w = ref.shape[:2]
+    for i in range(5):
+      crop = transforms.decode_and_random_crop(tf.constant(data), _seed(i), (0.08, 1.0), (0.75, 4 / 3))
+      top, left, ch, cw = (int(v) for v in transforms.sample_crop_box(_seed(i), h, w))
+      np.testing.assert_array_equal(crop.numpy(), ref[top:top + ch, left:left + cw], err_msg=name)
+    top, left = int(rng.integers(0, h - 40)), int(rng.integers(0, w - 40))  # odd offsets and sizes
+    window = transforms.decode_jpeg_window(tf.constant(data), top, left, 37, 39).numpy()
+    np.testing.assert_array_equal(window, ref[top:top + 37, left:left + 39], err_msg=name)
+  # Non-JPEG input (here a PNG, whatever a file name would say) takes the decode-then-crop path.
+  full = _pil_rgb(_photo_jpegs()[0][1])
+  png = testing.encode(full, 'PNG')
   crop = transforms.decode_and_random_crop(tf.constant(png), _seed(1), (0.08, 1.0), (0.75, 4 / 3))
-  np.testing.assert_array_equal(crop.numpy(), ref)
+  top, left, ch, cw = (int(v) for v in transforms.sample_crop_box(_seed(1), *full.shape[:2]))
+  np.testing.assert_array_equal(crop.numpy(), full[top:top + ch, left:left + cw])
+  np.testing.assert_array_equal(transforms.decode_image(tf.constant(png)).numpy(), full)
 
 
 def test_resize_matches_pil_bicubic():

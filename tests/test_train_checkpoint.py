@@ -139,3 +139,48 @@ def test_preemption_watcher_catches_sigterm():
   assert watcher.reached(2)
   watcher.close()
   assert signal.getsignal(signal.SIGTERM) == before
+
+
+def _damage(step_dir, how):
+  files = sorted(os.path.join(root, f) for root, _, names in os.walk(step_dir) for f in names)
+  for f in files:
+    if how == 'truncate' and os.path.getsize(f) > 64:
+      with open(f, 'r+b') as fh:
+        fh.truncate(os.path.getsize(f) // 2)
+    elif how == 'delete' and ('ocdbt' in f or f.endswith('.data')):
+      os.remove(f)
+    elif how == 'json' and f.lower().endswith('metadata'):
+      with open(f, 'w') as fh:
+        fh.write('{garbage')
+
+
+@pytest.mark.parametrize('how', ['truncate', 'delete', 'json'])
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_restored(tmp_path, how, caplog):
+  config = default.get_config()
+  mesh = train.create_mesh()
+  states = {s: _state(mesh, config, seed=s) for s in (1, 2)}
+  directory = str(tmp_path / 'ck')
+  mngr = checkpoint.CheckpointManager(directory, max_to_keep=3, keep_best=False)
+  for step, (state, _) in states.items():
+    mngr.save(step, state)
+  mngr.close()
+  _damage(os.path.join(directory, '2'), how)
+
+  mngr = checkpoint.CheckpointManager(directory, max_to_keep=3, keep_best=False)
+  restored = mngr.restore_latest(_abstract(*states[1]))
+  _assert_bitwise_equal(restored, states[1][0])
+  assert sorted(os.listdir(directory)) == ['1', '2.damaged']  # moved aside, never deleted
+  assert list(mngr.all_steps()) == [1]
+  warnings = [r.getMessage() for r in caplog.records if 'could not be restored' in r.getMessage()]
+  assert len(warnings) == 1 and 'step 2' in warnings[0] and '2.damaged' in warnings[0]
+  assert len(warnings[0]) < 600  # one line: the error's first line, not tensorstore's spec dump
+  mngr.close()
+
+  # When nothing restores, the error lists every step tried.
+  _damage(os.path.join(directory, '1'), how)
+  mngr = checkpoint.CheckpointManager(directory, max_to_keep=3, keep_best=False)
+  with pytest.raises(checkpoint.NoUsableCheckpointError, match=r'(?s)tried:.*step 1: .*1\.damaged'):
+    mngr.restore_latest(_abstract(*states[1]))
+  assert sorted(os.listdir(directory)) == ['1.damaged', '2.damaged']
+  assert mngr.restore_latest(_abstract(*states[1])) is None  # nothing left: a fresh start
+  mngr.close()
