@@ -12,18 +12,28 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.mode = 'train'  # 'train' (train + periodic eval) or 'eval' (restore a checkpoint, evaluate once).
+  c.task = 'classification'  # hatnet_jax.tasks: owns the model construction, loss, metrics and data
 
-  # ---- Model (hatnet_jax.models) ----
-  c.model = 'hatnet_tiny'
-  # Changes to the variant's table entry (dims, depths, head_dim, ...), e.g. for small demo models.
-  c.model_overrides = ml_collections.ConfigDict()
-  c.drop_path_rate = 0.1
-  c.drop_rate = 0.0  # dropout inside blocks (official default 0)
-  c.head_drop_rate = 0.2  # dropout before the classifier (official: 0.2)
-  c.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'
-  c.param_dtype = 'float32'
-  c.remat = False  # rematerialise each block in the backward pass (saves memory at large batch)
-  c.attention_impl = ''  # '' lets JAX choose; 'xla' or 'cudnn' (flash attention on GPU) forces one
+  # ---- Model: handed to hatnet_jax.models.create(**config.model, num_classes=<from the dataset>) ----
+  # Any field of the variant's table row (dims, depths, head_dim, ...) may be added here as well, e.g. for
+  # the small demo models; models.create holds the defaults of everything not set.
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'hatnet_tiny'
+  c.model.drop_path_rate = 0.1
+  c.model.drop_rate = 0.0  # dropout inside blocks (official default 0)
+  c.model.head_drop_rate = 0.2  # dropout before the classifier (official: 0.2)
+  c.model.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16' (norms, softmax, logits stay float32)
+  c.model.param_dtype = 'float32'
+  c.model.remat = False  # rematerialise each block in the backward pass (saves memory at large batch)
+  c.model.attention_impl = ''  # '' lets JAX choose; 'xla' or 'cudnn' (flash attention on GPU) forces one
+
+  # ---- Mixup/CutMix + label smoothing, in the train step: hatnet_jax.data.mixup.mix_batch(**config.mixup) ----
+  c.mixup = ml_collections.ConfigDict()
+  c.mixup.mixup_alpha = 0.8
+  c.mixup.cutmix_alpha = 1.0
+  c.mixup.mixup_prob = 1.0  # probability of applying mixup or cutmix to a batch
+  c.mixup.switch_prob = 0.5  # probability of cutmix instead of mixup
+  c.mixup.label_smoothing = 0.1
 
   # ---- Data (hatnet_jax.data) ----
   c.data = ml_collections.ConfigDict()
@@ -48,11 +58,6 @@ def get_config():
   c.data.erase_prob = 0.25  # random erasing, after normalisation
   c.data.erase_mode = 'pixel'
   c.data.erase_count = 1
-  c.data.mixup_alpha = 0.8  # Mixup/CutMix run in the train step: hatnet_jax.data.mixup.mix_batch
-  c.data.cutmix_alpha = 1.0
-  c.data.mixup_prob = 1.0  # probability of applying mixup or cutmix to a batch
-  c.data.mixup_switch_prob = 0.5  # probability of cutmix instead of mixup
-  c.data.label_smoothing = 0.1
   c.data.repeated_aug = 1  # 3 = DeiT repeated augmentation
   c.data.prefetch = 2  # batches prefetched onto the devices
   c.data.threads = 0  # tf.data threads per process (0: one per host CPU core)

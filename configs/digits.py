@@ -6,7 +6,6 @@
 `--config=configs/digits.py:tiny` is a smoke-test size (one stage of width 8, a dozen steps, compiles in
 seconds), used by the tests.
 """
-import ml_collections
 
 from configs import default
 
@@ -14,12 +13,11 @@ from configs import default
 def get_config(variant: str = ''):
   c = default.get_config()
   # A 4-stage HAT-Net with one block per stage at widths 32..128 (0.6M parameters).
-  c.model = 'hatnet_tiny'
-  c.model_overrides = ml_collections.ConfigDict(dict(
-      dims=(32, 64, 96, 128), head_dim=16, depths=(1, 1, 1, 1), expansions=(4, 4, 4, 4),
-      grid_sizes=(2, 1, 1, 1), ds_ratios=(2, 1, 1, 1), kernel_sizes=(3, 3, 3, 3), stem_dim=16))
-  c.drop_path_rate = 0.0
-  c.head_drop_rate = 0.0
+  c.model.name = 'hatnet_tiny'
+  c.model.update(dict(dims=(32, 64, 96, 128), head_dim=16, depths=(1, 1, 1, 1), expansions=(4, 4, 4, 4),
+                      grid_sizes=(2, 1, 1, 1), ds_ratios=(2, 1, 1, 1), kernel_sizes=(3, 3, 3, 3), stem_dim=16))
+  c.model.drop_path_rate = 0.0
+  c.model.head_drop_rate = 0.0
 
   c.data.dataset = 'digits'  # 1,440 train / 357 test images, 10 classes
   c.data.train_split = 'train'
@@ -30,10 +28,10 @@ def get_config(variant: str = ''):
   c.data.hflip_prob = 0.0  # digits are not mirror-symmetric
   c.data.randaugment = ''
   c.data.erase_prob = 0.0
-  c.data.mixup_alpha = 0.0
-  c.data.cutmix_alpha = 0.0
-  c.data.mixup_prob = 0.0
-  c.data.label_smoothing = 0.1
+  c.mixup.mixup_alpha = 0.0
+  c.mixup.cutmix_alpha = 0.0
+  c.mixup.mixup_prob = 0.0
+  c.mixup.label_smoothing = 0.1
   c.data.cache = True
   c.data.eval_batch_size = 120
 
@@ -53,9 +51,8 @@ def get_config(variant: str = ''):
   c.log_images_every_steps = 500
 
   if variant == 'tiny':
-    c.model_overrides = ml_collections.ConfigDict(dict(
-        dims=(8,), head_dim=8, depths=(1,), expansions=(2,), grid_sizes=(2,), ds_ratios=(2,), kernel_sizes=(3,),
-        stem_dim=8))
+    c.model.update(dict(dims=(8,), head_dim=8, depths=(1,), expansions=(2,), grid_sizes=(2,), ds_ratios=(2,),
+                        kernel_sizes=(3,), stem_dim=8))
     c.batch_size = 16
     c.num_steps = 12
     c.warmup_steps = 2

@@ -8,7 +8,7 @@ from configs import default
 
 def get_config():
   c = default.get_config()
-  c.model = 'hatnet_large'
-  c.drop_path_rate = 0.3
+  c.model.name = 'hatnet_large'
+  c.model.drop_path_rate = 0.3
   c.grad_clip_norm = 1.0  # the large model trains with gradient clipping
   return c

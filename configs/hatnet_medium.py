@@ -8,6 +8,6 @@ from configs import default
 
 def get_config():
   c = default.get_config()
-  c.model = 'hatnet_medium'
-  c.drop_path_rate = 0.3
+  c.model.name = 'hatnet_medium'
+  c.model.drop_path_rate = 0.3
   return c

@@ -8,6 +8,6 @@ from configs import default
 
 def get_config():
   c = default.get_config()
-  c.model = 'hatnet_tiny'
-  c.drop_path_rate = 0.1
+  c.model.name = 'hatnet_tiny'
+  c.model.drop_path_rate = 0.1
   return c

@@ -10,6 +10,7 @@ DIR/checkpoints/<step>/state) load with `load_params`, which keeps fresh values 
 when its shape differs (fine-tuning on another number of classes).
 """
 import gc
+import json
 import logging as logging_lib
 import os
 import sys
@@ -19,6 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers as policies
 
 STATE_ITEM = 'state'
@@ -38,22 +40,64 @@ def _first_line(error: BaseException, limit: int = 240) -> str:
   return f'{type(error).__name__}: {line}'.strip()
 
 
+class _KeepBest(policies.PreservationPolicy):
+  """Preserves the step with the best recorded eval metric (see CheckpointManager.record_eval)."""
+
+  def __init__(self):
+    self.step = None
+
+  def should_preserve(self, checkpoints, *, context):
+    del context
+    return [c.step == self.step for c in checkpoints]
+
+
 class CheckpointManager:
   """Asynchronous saves of the train state; keeps the last `max_to_keep` and optionally the best by one
-  eval metric (`best_metric`, higher is better)."""
+  eval metric (`best_metric`, higher is better).
+
+  The best is tracked in DIR/best.json ({"metric", "value", "step"}) rather than in orbax's per-step
+  metrics, so that a step can be saved *before* its evaluation runs (an evaluation that fails then loses
+  no training) and ranked once the evaluation is done.
+  """
 
   def __init__(self, directory: str, *, max_to_keep: int, keep_best: bool, async_save: bool = True,
                best_metric: str = BEST_METRIC):
     self.directory = os.path.abspath(directory)
     self.best_metric = best_metric
+    self._best_file = os.path.join(self.directory, 'best.json')
+    self.keep_best = keep_best
+    self._keep_best = _KeepBest()
+    self.best = self._read_best() if keep_best else None
+    if self.best:
+      self._keep_best.step = self.best['step']
     policy = policies.LatestN(n=max_to_keep)
     if keep_best:
-      best = policies.BestN(get_metric_fn=lambda metrics: metrics[best_metric], n=1,
-                            keep_checkpoints_without_metrics=False)
-      policy = policies.AnyPreservationPolicy([policy, best])
+      policy = policies.AnyPreservationPolicy([policy, self._keep_best])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=async_save,
                                            create=True, cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, item_names=(STATE_ITEM,), options=options)
+
+  def _read_best(self) -> dict | None:
+    try:
+      with open(self._best_file) as f:
+        best = json.load(f)
+      return best if best.get('metric') == self.best_metric else None
+    except (OSError, ValueError):
+      return None
+
+  def record_eval(self, step: int, value: float) -> bool:
+    """Records the eval metric of the checkpoint at `step`; returns whether it is the new best (kept)."""
+    if not self.keep_best or self.best is not None and value <= self.best['value']:
+      return False
+    self.best = {'metric': self.best_metric, 'value': float(value), 'step': int(step)}
+    self._keep_best.step = int(step)
+    if jax.process_index() == 0:
+      os.makedirs(self.directory, exist_ok=True)
+      tmp = self._best_file + '.tmp'
+      with open(tmp, 'w') as f:
+        json.dump(self.best, f)
+      os.replace(tmp, self._best_file)
+    return True
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -64,14 +108,15 @@ class CheckpointManager:
   def save(self, step: int, state: Any, *, metrics: Mapping[str, float] | None = None) -> bool:
     """Starts an asynchronous save of `state` at `step` (no-op if that step exists). Returns whether it saved.
 
-    `metrics` (e.g. {best_metric: ...} from the eval at this step) rank the checkpoint for `keep_best`.
+    `metrics` (e.g. {best_metric: ...} from an eval at this step) rank it at once (see `record_eval`).
     Every leaf must be a jax.Array (global when several processes run).
     """
     if step in self._manager.all_steps():
       return False
-    metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+    if self.keep_best and metrics and metrics.get(self.best_metric) is not None:
+      self.record_eval(step, metrics[self.best_metric])
     saved = self._manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}),
-                               metrics=metrics, force=True)
+                               force=True)
     if saved:
       logging.info('Saving checkpoint at step %d to %s (asynchronously).', step, self.directory)
     return saved
@@ -167,62 +212,80 @@ def _tree(metadata) -> Any:
   return metadata
 
 
-def _key_name(k) -> str:
-  return str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+def _steps_in(directory: str) -> list[int]:
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
 
 
-def load_params(path: str, params: Any, *, reinit: Sequence[str] = ('head',), require_all: bool = False) -> Any:
+def has_steps(directory: str) -> bool:
+  """Whether `directory` holds any checkpoint step (damaged ones included; nothing is read)."""
+  return bool(_steps_in(directory))
+
+
+def check_pretrained_path(path: str) -> str:
+  """The absolute path if `path` is an orbax PyTree checkpoint (config.init_from); otherwise a
+  FileNotFoundError/ValueError that says which paths would work."""
+  path = os.path.abspath(path)
+  fix = ('config.init_from takes a directory written by `python -m hatnet_jax.convert` or a training '
+         "checkpoint's DIR/checkpoints/<step>/state")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'config.init_from={path} does not exist. {fix}.')
+  if os.path.exists(os.path.join(path, '_METADATA')):
+    return path
+  for checkpoints in (os.path.join(path, 'checkpoints'), path):
+    steps = _steps_in(checkpoints)
+    if steps:
+      raise ValueError(f'config.init_from={path} is a training run, not a checkpoint: use '
+                       f'{os.path.join(checkpoints, str(steps[-1]), STATE_ITEM)} (steps there: '
+                       f'{", ".join(map(str, steps))}).')
+  if os.path.isdir(os.path.join(path, STATE_ITEM)):
+    raise ValueError(f'config.init_from={path} is a checkpoint step directory: use '
+                     f'{os.path.join(path, STATE_ITEM)}.')
+  raise ValueError(f'config.init_from={path} is not an orbax checkpoint (no _METADATA file). {fix}.')
+
+
+def load_params(path: str, params: Any, *, reinit: Sequence[str] = ('head',), require_all: bool = False,
+                prefix: Sequence[str] = ()) -> Any:
   """`params` (concrete jax.Arrays, e.g. freshly initialised) with values from the orbax PyTree at `path`.
 
   `path` holds {'params': ...}, as written by `python -m hatnet_jax.convert`, or is a training
   checkpoint's DIR/checkpoints/<step>/state. Leaves under a top-level key in `reinit` whose shape differs
   from the checkpoint's (or which the checkpoint lacks) keep their values from `params`: a fresh classifier
   head for another number of classes. Every other leaf must be in the checkpoint with the same shape.
-  With `require_all` (evaluation), no leaf may be missing. Values are cast to the dtype of `params` and
-  placed with its shardings.
+  With `require_all` (evaluation), no leaf may be missing. `prefix` reads the checkpoint's parameters
+  into the subtree `params[prefix...]` only (e.g. ('backbone',): a classifier's weights into a
+  segmentation model's backbone). Values are cast to the dtype of `params` and placed with its shardings.
   """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'pretrained checkpoint {path!r} does not exist (config.init_from)')
+  path = check_pretrained_path(path)
   checkpointer = ocp.PyTreeCheckpointer()
   saved = _tree(checkpointer.metadata(path))
   if not isinstance(saved, Mapping) or 'params' not in saved:
-    raise ValueError(f'{path} is not a checkpoint of {{"params": ...}} (as written by hatnet_jax.convert); '
-                     f'top-level keys: {sorted(saved) if isinstance(saved, Mapping) else type(saved)}')
-  saved = saved['params']
-
-  def lookup(tree, keys):
-    for k in keys:
-      if not isinstance(tree, Mapping) or k not in tree:
-        return None
-      tree = tree[k]
-    return tree
-
+    raise ValueError(f'config.init_from={path} is not a checkpoint of {{"params": ...}} (as written by '
+                     f'hatnet_jax.convert); its top-level keys: '
+                     f'{sorted(saved) if isinstance(saved, Mapping) else type(saved).__name__}')
+  saved = traverse_util.flatten_dict(saved['params'])
+  prefix = tuple(prefix)
+  target = traverse_util.flatten_dict(params)
   item, fresh = {}, []
-  for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    keys = [_key_name(k) for k in key_path]
-    name = '/'.join(keys)
-    meta = lookup(saved, keys)
+  for keys, leaf in target.items():
+    if keys[:len(prefix)] != prefix:
+      fresh.append('/'.join(keys))
+      continue
+    rel = keys[len(prefix):]
+    meta = saved.get(rel)
     if meta is not None and tuple(meta.shape) == tuple(leaf.shape):
-      node = item
-      for k in keys[:-1]:
-        node = node.setdefault(k, {})
-      node[keys[-1]] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+      item[rel] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
       continue
     found = 'missing' if meta is None else f'of shape {tuple(meta.shape)}'
-    if require_all or keys[0] not in reinit:
-      raise ValueError(f'pretrained checkpoint {path}: the model parameter {name} of shape {tuple(leaf.shape)} '
-                       f'is {found} in the checkpoint; was it written for another model or number of classes '
-                       f'(config.model, config.model_overrides, dataset)?')
-    fresh.append(f'{name} (checkpoint: {found}, model: {tuple(leaf.shape)})')
+    if require_all or rel[0] not in reinit:
+      raise ValueError(f'config.init_from={path}: the model parameter {"/".join(keys)} of shape '
+                       f'{tuple(leaf.shape)} is {found} in the checkpoint; was it written for another model or '
+                       f'number of classes (config.model, dataset)?')
+    fresh.append(f'{"/".join(keys)} (checkpoint: {found}, model: {tuple(leaf.shape)})')
   if fresh:
     logging.info('Pretrained weights from %s; freshly initialised: %s', path, ', '.join(fresh))
+  item = traverse_util.unflatten_dict(item)
   restore_args = ocp.checkpoint_utils.construct_restore_args(item)
   restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
       item={'params': item}, restore_args={'params': restore_args}, partial_restore=True))['params']
-
-  def merge(key_path, leaf):
-    value = lookup(restored, [_key_name(k) for k in key_path])
-    return leaf if value is None else value
-
-  return jax.tree_util.tree_map_with_path(merge, params)
+  restored = {prefix + k: v for k, v in traverse_util.flatten_dict(restored).items()}
+  return traverse_util.unflatten_dict({k: restored.get(k, v) for k, v in target.items()})

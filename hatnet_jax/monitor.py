@@ -3,11 +3,14 @@
 clu's writers import tensorflow, so clu is imported inside the functions here: `hatnet_jax.train` stays
 importable on a machine without tensorflow (the train step, e.g. for benchmarks).
 """
+import time
 from typing import Any, Mapping, Sequence
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
+from flax import traverse_util
 
 
 def create_writer(workdir: str):
@@ -18,20 +21,8 @@ def create_writer(workdir: str):
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config flattened to {'data.image_size': 224, ...} with TensorBoard-friendly values."""
-  flat = {}
-
-  def visit(prefix, node):
-    for key, value in node.items():
-      name = f'{prefix}{key}'
-      if isinstance(value, (ml_collections.ConfigDict, Mapping)):
-        visit(name + '.', value)
-      elif value is None or isinstance(value, (bool, int, float, str)):
-        flat[name] = '' if value is None else value
-      else:
-        flat[name] = str(value)
-
-  visit('', config)
-  return flat
+  flat = traverse_util.flatten_dict(config.to_dict(), sep='.')
+  return {k: '' if v is None else v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
 
 
 def local_rows(array: jax.Array, n: int) -> np.ndarray:
@@ -59,16 +50,47 @@ def mean_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
 
 
-def create_hooks(config: ml_collections.ConfigDict, workdir: str, writer, num_train_steps: int):
-  """(progress, hooks): clu ReportProgress (steps/s to the writer, progress with ETA in the log every
-  log_every_steps) and, on process 0 when profile_start_step >= 0, a profiler trace of profile_num_steps
-  steps written to `workdir` (TensorBoard's profile tab)."""
+def format_duration(seconds: float) -> str:
+  """'42s' below a minute, else '3m05s' / '2h07m'."""
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+
+
+class Progress:
+  """The progress line of the log: step/total, %, images/s, ETA; and the wall time of the run's parts."""
+
+  def __init__(self, start_step: int, num_steps: int, batch_size: int):
+    self.start_step, self.num_steps, self.batch_size = start_step, num_steps, batch_size
+    self.started = time.time()
+    self._t0, self._step0 = None, start_step  # after the first (compiling) step
+    self.eval_seconds = 0.0
+
+  def first_step_done(self, step: int):
+    self._t0, self._step0 = time.time(), step
+
+  def line(self, step: int) -> str:
+    text = f'Step {step}/{self.num_steps} ({100 * step / max(self.num_steps, 1):.1f}%)'
+    if self._t0 is not None and step > self._step0:
+      elapsed = time.time() - self._t0 - self.eval_seconds
+      rate = (step - self._step0) / max(elapsed, 1e-9)
+      text += (f', {rate * self.batch_size:.1f} images/s, ETA {format_duration((self.num_steps - step) / rate)}'
+               ' (training only)')
+    return text
+
+  def log(self, step: int):
+    logging.info('%s', self.line(step))
+
+
+def create_profile_hook(config: ml_collections.ConfigDict, workdir: str):
+  """On process 0 when profile_start_step >= 0: clu's profiler hook writing a trace of profile_num_steps
+  steps to `workdir` (TensorBoard's profile tab); else None."""
+  if jax.process_index() != 0 or config.profile_start_step < 0:
+    return None
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-  progress = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
-                                             every_steps=config.log_every_steps, every_secs=None)
-  hooks = [progress]
-  if jax.process_index() == 0 and config.profile_start_step >= 0:
-    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_num_steps,
-                                          profile_duration_ms=None, first_profile=config.profile_start_step,
-                                          every_steps=None, every_secs=None))
-  return progress, hooks
+  return periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_num_steps,
+                                  profile_duration_ms=None, first_profile=config.profile_start_step,
+                                  every_steps=None, every_secs=None)

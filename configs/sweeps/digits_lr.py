@@ -9,6 +9,6 @@ from hatnet_jax.sweep import fixed, product, sweep
 def get_sweep():
   return product(
       sweep('base_lr', [1e-3, 3e-3]),
-      sweep('drop_path_rate', [0.0, 0.1]),
+      sweep('model.drop_path_rate', [0.0, 0.1]),
       fixed('num_epochs', 10),
   )

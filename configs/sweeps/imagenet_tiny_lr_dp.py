@@ -15,5 +15,5 @@ from hatnet_jax.sweep import product, sweep
 def get_sweep():
   return product(
       sweep('base_lr', [2.5e-4, 5e-4, 1e-3]),
-      sweep('drop_path_rate', [0.1, 0.2]),
+      sweep('model.drop_path_rate', [0.1, 0.2]),
   )

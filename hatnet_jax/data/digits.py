@@ -38,7 +38,7 @@ def load_arrays(image_size=IMAGE_SIZE):
 @functools.lru_cache(maxsize=None)
 def builder_class():
   """Defines the TFDS builder class on first use (keeps tensorflow out of `import hatnet_jax`)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.tf_host import tfds  # pylint: disable=g-import-not-at-top
 
   class HatnetDigits(tfds.core.GeneratorBasedBuilder):
     """scikit-learn digits, upscaled to 32x32, fixed train/test split."""

@@ -42,9 +42,12 @@ import numpy as np
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from hatnet_jax import layout
 from hatnet_jax.data import augment as augment_lib
 from hatnet_jax.data import sources
 from hatnet_jax.data import transforms
+
+from hatnet_jax.data.tf_host import tf
 
 MAX_TRIES = 8  # 1 + up to 7 replacements per position
 _SALT_SHUFFLE = 0x5EED
@@ -53,43 +56,6 @@ _SALT_REPLACE = 0x2E91
 _INF_STEPS = 2 ** 40
 
 
-def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if not getattr(_tf, 'configured', False):
-    try:  # the host pipeline must never take accelerator memory
-      tf.config.set_visible_devices([], 'GPU')
-      tf.config.set_visible_devices([], 'TPU')
-    except (RuntimeError, ValueError):
-      pass
-    _tf.configured = True
-  return tf
-
-
-def data_sharding(mesh):
-  return NamedSharding(mesh, P('data'))
-
-
-def check_batch_size(batch_size, mesh, what='batch_size'):
-  n = mesh.devices.size
-  if batch_size <= 0 or batch_size % n:
-    raise ValueError(f'{what}={batch_size} must be a positive multiple of the number of devices '
-                     f'({n}: every device gets the same number of examples)')
-
-
-def process_rows(sharding, global_batch):
-  """[lo, hi): the rows of each global batch that this process's devices hold."""
-  spans = set()
-  for index in sharding.addressable_devices_indices_map((global_batch,)).values():
-    s = index[0]
-    spans.add((s.start or 0, global_batch if s.stop is None else s.stop))
-  spans = sorted(spans)
-  lo, hi = spans[0][0], spans[0][1]
-  for a, b in spans[1:]:
-    if a > hi:
-      raise ValueError(f'This process holds non-contiguous batch rows {spans}; use a mesh whose '
-                       f"'data' axis is laid out process by process")
-    hi = max(hi, b)
-  return lo, hi
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,7 +65,6 @@ def process_rows(sharding, global_batch):
 
 def stream_indices(positions, num_examples, seed, repeats=1):
   """Example index of each stream position (int64 tensor): per-epoch permutation, R repeats."""
-  tf = _tf()
   n = tf.constant(num_examples, tf.int64)
   epoch = positions // n
   slot = (positions % n) // repeats
@@ -109,7 +74,6 @@ def stream_indices(positions, num_examples, seed, repeats=1):
 
 
 def _options(d, threads=None):
-  tf = _tf()
   opts = tf.data.Options()
   opts.deterministic = True
   threads = threads if threads is not None else int(d.get('threads', 0) or 0)
@@ -121,7 +85,6 @@ def _options(d, threads=None):
 
 
 def _position_dataset(first_step, num_steps, global_batch, lo, hi):
-  tf = _tf()
   steps = tf.data.Dataset.range(first_step, first_step + num_steps)
   n = hi - lo
   return steps.map(lambda k: k * global_batch + lo + tf.range(n, dtype=tf.int64)).unbatch()
@@ -129,7 +92,6 @@ def _position_dataset(first_step, num_steps, global_batch, lo, hi):
 
 def _fetch(ds, src, chunk):
   """(pos, idx, ...) -> (pos, idx, ..., data, label), looking records up `chunk` at a time."""
-  tf = _tf()
   def lookup(*xs):
     data, label = src.lookup(xs[1])
     return xs + (data, label)
@@ -143,7 +105,6 @@ def train_dataset(src, d, seed, global_batch, lo, hi, start_step=0, num_steps=_I
   robust (default config.data.skip_corrupt): replace undecodable images (costs ~10% host throughput);
   False: a plain parallel map, where a decode error stops the pipeline.
   """
-  tf = _tf()
   crop = transforms.TrainCrop(d)
   n_local = hi - lo
   num = len(src)
@@ -197,7 +158,6 @@ def train_dataset(src, d, seed, global_batch, lo, hi, start_step=0, num_steps=_I
 
 def eval_dataset(src, d, global_batch, lo, hi, threads=None):
   """Per-process host dataset of one eval pass: dict(image uint8, label int32, mask bool)."""
-  tf = _tf()
   crop = transforms.EvalCrop(d)
   num = len(src)
   num_batches = math.ceil(num / global_batch)
@@ -336,7 +296,7 @@ class EvalIterator:
   def _produce(self):
     try:
       local = next(self._np_iter)
-    except _tf().errors.InvalidArgumentError as e:
+    except tf.errors.InvalidArgumentError as e:
       raise RuntimeError(f'An evaluation image could not be decoded (evaluation never skips '
                          f'examples; fix or remove it): {e.message}') from e
     make = lambda x, shape: jax.make_array_from_process_local_data(self._sharding, x, shape)
@@ -363,11 +323,11 @@ def eval_batch_size(config):
 
 def create_train_iterator(config, mesh, start_step=0):
   d = config.data
-  check_batch_size(config.batch_size, mesh)
+  layout.check_batch_size(config.batch_size, mesh.size)
   info = sources.dataset_info(d)
   src = sources.open_split(d, info.train_split)
-  sharding = data_sharding(mesh)
-  lo, hi = process_rows(sharding, config.batch_size)
+  sharding = layout.data_sharding(mesh)
+  lo, hi = layout.process_rows(sharding, config.batch_size)
   host = train_dataset(src, d, int(config.seed), int(config.batch_size), lo, hi, start_step)
   return TrainIterator(host, sharding, int(config.batch_size), int(d.image_size), int(config.seed),
                        augment_lib.AugmentConfig.from_data_config(d), start_step, int(d.prefetch))
@@ -376,11 +336,11 @@ def create_train_iterator(config, mesh, start_step=0):
 def create_eval_iterator(config, mesh):
   d = config.data
   batch = eval_batch_size(config)
-  check_batch_size(batch, mesh, 'eval batch size')
+  layout.check_batch_size(batch, mesh.size, what='config.data.eval_batch_size (0: batch_size)')
   info = sources.dataset_info(d)
   src = sources.open_split(d, info.eval_split)
-  sharding = data_sharding(mesh)
-  lo, hi = process_rows(sharding, batch)
+  sharding = layout.data_sharding(mesh)
+  lo, hi = layout.process_rows(sharding, batch)
   host = eval_dataset(src, d, batch, lo, hi)
   return EvalIterator(host, sharding, batch, int(d.image_size), tuple(d.mean), tuple(d.std),
                       math.ceil(len(src) / batch), int(d.prefetch))

@@ -19,9 +19,11 @@ labels), which the pipeline calls inside tf.data. Random access is what makes re
 import dataclasses
 import logging
 import os
-from typing import Any, Optional, Tuple
+from typing import Tuple
 
 import numpy as np
+
+from hatnet_jax.data.tf_host import tf, tfds
 
 IMAGENET_FILES = (
     ('ILSVRC2012_img_train.tar', 'training images, 1,281,167 JPEGs as one tar per class '
@@ -46,14 +48,8 @@ class DatasetInfo:
   class_names: Tuple[str, ...] = ()
 
 
-def _tfds():
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds
 
 
-def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf
 
 
 def _process_count():
@@ -88,7 +84,6 @@ def imagenet_missing_message(d, builder, manual, missing):
 
 def get_builder(d):
   """The TFDS builder for `config.data` (ImageFolder for 'image_folder')."""
-  tfds = _tfds()
   if d.dataset == IMAGE_FOLDER:
     if not d.manual_dir:
       raise ValueError("dataset='image_folder' needs config.data.manual_dir = the root of "
@@ -104,7 +99,6 @@ def get_builder(d):
 
 def ensure_prepared(d, builder):
   """Prepares small/downloadable datasets on demand; raises with instructions for ImageNet."""
-  tfds = _tfds()
   if isinstance(builder, tfds.ImageFolder) or builder.is_prepared():
     return
   if builder.name.startswith('imagenet2012'):
@@ -124,13 +118,11 @@ def ensure_prepared(d, builder):
 
 
 def prepare_builder(builder, manual_dir=None):
-  tfds = _tfds()
   config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
   builder.download_and_prepare(file_format='array_record', download_config=config)
 
 
 def _feature_keys(features, supervised_keys):
-  tfds = _tfds()
   if supervised_keys and len(supervised_keys) >= 2 and isinstance(supervised_keys[0], str):
     image_key, label_key = supervised_keys[0], supervised_keys[1]
   else:
@@ -164,7 +156,7 @@ def _split_size(builder, split):
       return int(n)
   except (KeyError, ValueError, TypeError):
     pass
-  if isinstance(builder, _tfds().ImageFolder):
+  if isinstance(builder, tfds.ImageFolder):
     raise ValueError(f'No split {split!r} in image folder {builder.data_dir}: '
                      f'{list(builder.info.splits.keys())}')
   return len(_array_record_source(builder, split))  # e.g. under tfds.testing.mock_data
@@ -186,7 +178,6 @@ def dataset_info(d) -> DatasetInfo:
 
 
 def _array_record_source(builder, split):
-  tfds = _tfds()
   try:
     return builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
   except NotImplementedError as e:
@@ -197,38 +188,55 @@ def _array_record_source(builder, split):
         f'hatnet_jax.data.prepare.') from e
 
 
-@dataclasses.dataclass
 class Source:
-  """Random access to one split: `lookup(int64 indices) -> (encoded image bytes, int32 labels)`."""
-  name: str
-  split: str
-  num_examples: int
-  num_classes: int
-  kind: str  # 'array_record' | 'files' | 'memory'
-  data_source: Any = None  # tfds ArrayRecordDataSource returning serialized tf.Examples
-  feature_spec: Optional[dict] = None
-  image_key: str = 'image'
-  label_key: str = 'label'
-  paths: Optional[np.ndarray] = None  # 'files'
-  images: Optional[np.ndarray] = None  # 'memory': encoded bytes (object array)
-  labels: Optional[np.ndarray] = None  # 'files' / 'memory'
+  """Random access to one split: `len()`, `lookup(int64 indices) -> (encoded image bytes, int32 labels)`
+  (a TF function, called inside tf.data), `describe(index)` naming the example for error messages, and
+  `to_memory()` (a copy holding every encoded image in host memory, for small datasets)."""
+
+  def __init__(self, name: str, split: str, num_examples: int, num_classes: int):
+    self.name, self.split, self.num_examples, self.num_classes = name, split, num_examples, num_classes
+    self._tensors = {}
 
   def __len__(self):
     return self.num_examples
 
-  def _tensor(self, name):
-    """An eager tensor of a column, created once: tf.data functions capture it by reference (a
-    constant created while tracing would be embedded in, and copied with, every function instance)."""
-    cache = self.__dict__.setdefault('_tensors', {})
-    if name not in cache:
-      tf = _tf()
+  def lookup(self, indices):
+    raise NotImplementedError
+
+  def describe(self, index: int) -> str:
+    return f'example {int(index)} of split {self.split!r} of {self.name}'
+
+  def _tensor(self, name, values):
+    """An eager tensor of a column, created once: tf.data functions capture it by reference (a constant
+    created while tracing would be embedded in, and copied with, every function instance)."""
+    if name not in self._tensors:
       with tf.init_scope():
-        cache[name] = tf.constant(getattr(self, name))
-    return cache[name]
+        self._tensors[name] = tf.constant(values)
+    return self._tensors[name]
+
+  def to_memory(self, chunk=1024) -> 'MemorySource':
+    images, labels = [], []
+    for start in range(0, self.num_examples, chunk):
+      data, lab = self.lookup(tf.range(start, min(start + chunk, self.num_examples), dtype=tf.int64))
+      images.extend(data.numpy().tolist())
+      labels.append(lab.numpy())
+    labels = np.concatenate(labels).astype(np.int32) if labels else np.zeros([0], np.int32)
+    return MemorySource(self, np.array(images, dtype=object), labels)
+
+
+class ArrayRecordSource(Source):
+  """A TFDS split in the array_record format: serialized tf.Examples parsed with `feature_spec`."""
+
+  def __init__(self, name, split, num_classes, data_source, image_key, label_key):
+    super().__init__(name, split, len(data_source), num_classes)
+    self.data_source, self.image_key, self.label_key = data_source, image_key, label_key
+    self.feature_spec = {image_key: tf.io.FixedLenFeature([], tf.string),
+                         label_key: tf.io.FixedLenFeature([], tf.int64)}
+    self._batched_reads = True
 
   def _read_serialized(self, indices):
     keys = [int(i) for i in indices]
-    if self.__dict__.get('_batched_reads', True):
+    if self._batched_reads:
       try:
         return np.array(list(self.data_source.__getitems__(keys)), dtype=object)
       except TypeError:  # tfds.testing.mock_data's mock has no working __getitems__
@@ -236,67 +244,87 @@ class Source:
     return np.array([self.data_source[k] for k in keys], dtype=object)
 
   def lookup(self, indices):
-    """indices: int64 [n] tensor (inside tf.data). Returns (tf.string [n], tf.int32 [n])."""
-    tf = _tf()
-    if self.kind == 'array_record':
-      serialized = tf.numpy_function(self._read_serialized, [indices], tf.string, stateful=False)
-      serialized.set_shape([None])
-      ex = tf.io.parse_example(serialized, self.feature_spec)
-      return ex[self.image_key], tf.cast(ex[self.label_key], tf.int32)
-    if self.kind == 'files':
-      paths = tf.gather(self._tensor('paths'), indices)
-      data = tf.map_fn(tf.io.read_file, paths, fn_output_signature=tf.string)
-      return data, tf.gather(self._tensor('labels'), indices)
-    if self.kind == 'memory':
-      return (tf.gather(self._tensor('images'), indices),
-              tf.gather(self._tensor('labels'), indices))
-    raise ValueError(self.kind)
+    serialized = tf.numpy_function(self._read_serialized, [indices], tf.string, stateful=False)
+    serialized.set_shape([None])
+    ex = tf.io.parse_example(serialized, self.feature_spec)
+    return ex[self.image_key], tf.cast(ex[self.label_key], tf.int32)
+
+  def describe(self, index):
+    """The record's file name where the dataset stores one (ImageNet: 'file_name'), else its index."""
+    try:
+      ex = tf.io.parse_single_example(self._read_serialized([index])[0],
+                                      {'file_name': tf.io.FixedLenFeature([], tf.string, default_value='')})
+      file_name = ex['file_name'].numpy().decode('utf-8', 'replace')
+    except Exception:  # pylint: disable=broad-except
+      file_name = ''
+    where = f'record {int(index)} of split {self.split!r} of {self.name}'
+    return f'{file_name} ({where})' if file_name else where
+
+
+class FileSource(Source):
+  """Image files read in place by index (the image folder)."""
+
+  def __init__(self, name, split, num_classes, paths, labels):
+    super().__init__(name, split, len(paths), num_classes)
+    self.paths, self.labels = paths, labels
+
+  def lookup(self, indices):
+    paths = tf.gather(self._tensor('paths', self.paths), indices)
+    data = tf.map_fn(tf.io.read_file, paths, fn_output_signature=tf.string)
+    return data, tf.gather(self._tensor('labels', self.labels), indices)
+
+  def describe(self, index):
+    return f'{self.paths[int(index)]} (split {self.split!r})'
+
+
+class MemorySource(Source):
+  """Every encoded image of another source, in host memory (config.data.cache)."""
+
+  def __init__(self, original: Source, images: np.ndarray, labels: np.ndarray):
+    super().__init__(original.name, original.split, len(images), original.num_classes)
+    self.original, self.images, self.labels = original, images, labels
+
+  def lookup(self, indices):
+    return (tf.gather(self._tensor('images', self.images), indices),
+            tf.gather(self._tensor('labels', self.labels), indices))
+
+  def describe(self, index):
+    return self.original.describe(index)
 
   def to_memory(self, chunk=1024):
-    """A copy holding all encoded images in host memory (config.data.cache, small datasets)."""
-    if self.kind == 'memory':
-      return self
-    tf = _tf()
-    images, labels = [], []
-    for start in range(0, self.num_examples, chunk):
-      idx = tf.range(start, min(start + chunk, self.num_examples), dtype=tf.int64)
-      data, lab = self.lookup(idx)
-      images.extend(data.numpy().tolist())
-      labels.append(lab.numpy())
-    out = dataclasses.replace(
-        self, kind='memory', data_source=None, paths=None,
-        images=np.array(images, dtype=object),
-        labels=np.concatenate(labels).astype(np.int32) if labels else np.zeros([0], np.int32))
-    out.__dict__.pop('_tensors', None)
-    return out
+    return self
+
+
+def _image_folder_source(d, builder, split, label_feature) -> FileSource:
+  examples = builder._split_examples.get(split)  # pylint: disable=protected-access
+  if examples is None:
+    raise ValueError(f'No split {split!r} in image folder {d.manual_dir}: {list(builder.info.splits.keys())} '
+                     f'(expected {d.manual_dir}/<split>/<class>/<image>)')
+  split_dir = os.path.join(d.manual_dir, split)
+  empty = sorted(c for c in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, c))
+                 and not any(e.label == c for e in examples))
+  if empty and not d.get('allow_empty_classes', False):
+    raise ValueError(f'Image folder {split_dir}: class director{"ies" if len(empty) > 1 else "y"} '
+                     f'{", ".join(empty)} hold{"" if len(empty) > 1 else "s"} no images, so '
+                     f'{"they" if len(empty) > 1 else "it"} would become class(es) the model can never see. '
+                     f'Remove {"them" if len(empty) > 1 else "it"}, add images, or set '
+                     f'--config.data.allow_empty_classes=True to keep the class numbering as it is.')
+  return FileSource(IMAGE_FOLDER, split, int(label_feature.num_classes),
+                    np.array([e.image_path for e in examples], dtype=object),
+                    np.array([label_feature.str2int(e.label) for e in examples], np.int32))
 
 
 def open_split(d, split, cache=None) -> Source:
   """The random-access `Source` of `split` of the dataset in `config.data`."""
-  tfds = _tfds()
   builder = get_builder(d)
   ensure_prepared(d, builder)
   info = builder.info
   image_key, label_key = _feature_keys(info.features, info.supervised_keys)
-  num_classes = int(info.features[label_key].num_classes)
   if isinstance(builder, tfds.ImageFolder):
-    examples = builder._split_examples.get(split)  # pylint: disable=protected-access
-    if examples is None:
-      raise ValueError(f'No split {split!r} in image folder {d.manual_dir}: '
-                       f'{list(info.splits.keys())}')
-    names = info.features[label_key]
-    src = Source(
-        name=IMAGE_FOLDER, split=split, num_examples=len(examples), num_classes=num_classes,
-        kind='files', paths=np.array([e.image_path for e in examples], dtype=object),
-        labels=np.array([names.str2int(e.label) for e in examples], np.int32))
+    src = _image_folder_source(d, builder, split, info.features[label_key])
   else:
-    ds = _array_record_source(builder, split)
-    tf = _tf()
-    spec = {image_key: tf.io.FixedLenFeature([], tf.string),
-            label_key: tf.io.FixedLenFeature([], tf.int64)}
-    src = Source(name=builder.name, split=split, num_examples=len(ds), num_classes=num_classes,
-                 kind='array_record', data_source=ds, feature_spec=spec, image_key=image_key,
-                 label_key=label_key)
+    src = ArrayRecordSource(builder.name, split, int(info.features[label_key].num_classes),
+                            _array_record_source(builder, split), image_key, label_key)
   if src.num_examples == 0:
     raise ValueError(f'Split {split!r} of {src.name} is empty')
   if cache if cache is not None else bool(d.cache):

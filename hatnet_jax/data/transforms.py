@@ -18,24 +18,18 @@ All randomness is stateless: `seed` is a ``[2]`` int64 tensor derived from (run 
 """
 import math
 
-
-def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf
-
+from hatnet_jax.data.tf_host import tf
 
 _KERNELS = {'bicubic': 'keyscubic', 'bilinear': 'triangle', 'lanczos3': 'lanczos3', 'area': 'box'}
 
 
 def _to_uint8(img):
-  tf = _tf()
   return tf.cast(tf.clip_by_value(tf.round(img), 0.0, 255.0), tf.uint8)
 
 
 def resize_window(img, out_h, out_w, scale_y, scale_x, top=0, left=0, interpolation='bicubic',
                   antialias=True):
   """Window [top:top+out_h, left:left+out_w] of `img` resized by (scale_y, scale_x) -> uint8."""
-  tf = _tf()
   img = tf.cast(img, tf.float32)[None]
   out = tf.raw_ops.ScaleAndTranslate(
       images=img, size=tf.stack([out_h, out_w]),
@@ -47,7 +41,6 @@ def resize_window(img, out_h, out_w, scale_y, scale_x, top=0, left=0, interpolat
 
 def resize(img, height, width, interpolation='bicubic', antialias=True):
   """Whole-image resize of [h, w, 3] to [height, width, 3] uint8 (PIL-like antialiased kernels)."""
-  tf = _tf()
   shape = tf.shape(img)
   sy = tf.cast(height, tf.float32) / tf.cast(shape[0], tf.float32)
   sx = tf.cast(width, tf.float32) / tf.cast(shape[1], tf.float32)
@@ -64,7 +57,6 @@ def sample_crop_box(seed, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
 
   Returns int32 (top, left, crop_height, crop_width).
   """
-  tf = _tf()
   seeds = tf.random.experimental.stateless_split(seed, 3)
   h = tf.cast(height, tf.float32)
   w = tf.cast(width, tf.float32)
@@ -100,7 +92,6 @@ _CROP_MARGIN = 16
 def decode_image(data):
   """Encoded JPEG/PNG/GIF/BMP bytes (whatever the file name says) -> uint8 RGB [h, w, 3]. Greyscale and
   CMYK JPEGs become RGB like PIL's convert('RGB'). Raises InvalidArgumentError if corrupt."""
-  tf = _tf()
   img = tf.cond(tf.io.is_jpeg(data),
                 lambda: tf.io.decode_jpeg(data, channels=3, dct_method=DCT_METHOD),
                 lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
@@ -110,7 +101,6 @@ def decode_image(data):
 
 def decode_jpeg_window(data, top, left, height, width):
   """The window [top:top+height, left:left+width] of a JPEG, pixel for pixel as the full decode."""
-  tf = _tf()
   shape = tf.image.extract_jpeg_shape(data)
   t0, l0 = tf.maximum(top - _CROP_MARGIN, 0), tf.maximum(left - _CROP_MARGIN, 0)
   b0 = tf.minimum(top + height + _CROP_MARGIN, shape[0])
@@ -122,7 +112,6 @@ def decode_jpeg_window(data, top, left, height, width):
 
 def decode_and_random_crop(data, seed, scale, ratio):
   """Decodes encoded image bytes and returns the RandomResizedCrop window (fused for JPEG)."""
-  tf = _tf()
 
   def jpeg():
     shape = tf.image.extract_jpeg_shape(data)
@@ -171,7 +160,6 @@ class EvalCrop:
     self.antialias = bool(d.get('antialias', True))
 
   def __call__(self, data):
-    tf = _tf()
     img = decode_image(data)
     shape = tf.shape(img)
     h, w = shape[0], shape[1]

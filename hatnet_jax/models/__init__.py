@@ -8,19 +8,16 @@ from hatnet_jax.models.variants import PARAM_COUNTS, VARIANTS, Variant, get_vari
 __all__ = ['HATNet', 'HMHSA', 'PARAM_COUNTS', 'VARIANTS', 'Variant', 'create', 'get_variant', 'local_attention',
            'names']
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-
-
 def names() -> list[str]:
   return sorted(VARIANTS)
 
 
-def _dtype(d):
-  if isinstance(d, str):
-    if d not in _DTYPES:
-      raise ValueError(f'unknown dtype {d!r}; choose one of {sorted(_DTYPES)}')
-    return _DTYPES[d]
-  return d
+def _dtype(d, field):
+  """jnp.dtype of a name ('bfloat16') or dtype; ValueError naming the model field for a bad one."""
+  try:
+    return jnp.dtype(d)
+  except TypeError:
+    raise ValueError(f"model {field}={d!r} is not a dtype; use 'float32' or 'bfloat16'") from None
 
 
 def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, drop_rate: float = 0.0,
@@ -41,4 +38,4 @@ def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, d
     raise ValueError(f"attention_impl must be '', 'xla' or 'cudnn'; got {attention_impl!r}")
   return HATNet(variant, num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate,
                 head_drop_rate=head_drop_rate, remat=remat, unroll=unroll, attention_impl=attention_impl or None,
-                depthwise_impl=depthwise_impl, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype))
+                depthwise_impl=depthwise_impl, dtype=_dtype(dtype, 'dtype'), param_dtype=_dtype(param_dtype, 'param_dtype'))

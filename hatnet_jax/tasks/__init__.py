@@ -1,0 +1,23 @@
+"""Tasks: `tasks.create(config)` returns the `base.Task` named by `config.task`."""
+from hatnet_jax.tasks import base
+from hatnet_jax.tasks.base import DatasetFacts, Task
+
+
+def _classification():
+  from hatnet_jax.tasks import classification  # pylint: disable=g-import-not-at-top
+  return classification.Classification
+
+
+# name -> a function returning the Task class (imported on use: a task may need extra packages).
+TASKS = {'classification': _classification}
+
+
+def create(config) -> Task:
+  """The task of `config.task` for this config; ValueError naming the field for an unknown task."""
+  name = config.get('task', 'classification')
+  if name not in TASKS:
+    raise ValueError(f'config.task={name!r} is not a task; choose one of {sorted(TASKS)}')
+  return TASKS[name]()(config)
+
+
+__all__ = ['DatasetFacts', 'TASKS', 'Task', 'base', 'create']

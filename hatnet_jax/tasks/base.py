@@ -1,0 +1,91 @@
+"""The seam between the training loop and a task (classification, segmentation, later detection).
+
+A task owns everything that differs between tasks: the dataset's facts, building the model from
+`config.model`, the train loss and its metrics, the eval step's per-batch sums and how they finalise into
+metrics, the data iterators, which metric ranks the best checkpoint, and what it writes to TensorBoard
+beyond scalars. `hatnet_jax.train` runs the loop (steps, logging, evaluation, checkpoints, preemption)
+and knows no task; `hatnet_jax.steps` wraps a task's loss into the optimizer update.
+
+Adding a task: a module in this package with a `Task` subclass, an entry in `tasks.TASKS`, and a config
+whose `task` field names it.
+"""
+import abc
+import dataclasses
+from typing import Any, Iterator, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from flax import linen as nn
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetFacts:
+  """What the loop needs to know about a task's data without building a pipeline."""
+  name: str
+  num_classes: int
+  num_train: int
+  num_eval: int
+  class_names: tuple[str, ...] = ()
+
+
+class Task(abc.ABC):
+  """One task: construct with the run's config; every method below is called by the loop or the step."""
+
+  name: str = ''
+  best_metric: str = ''  # a key of `finalize`'s result (higher is better): ranks the kept best checkpoint
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  # ---- data (host) ----
+  @abc.abstractmethod
+  def dataset_facts(self) -> DatasetFacts:
+    """Cheap facts about the dataset (may prepare small built-in datasets on first use)."""
+
+  @abc.abstractmethod
+  def train_iterator(self, mesh, start_step: int) -> Iterator[dict]:
+    """Global train batches, a function of (config.seed, step); has `close()` and `num_skipped`."""
+
+  @abc.abstractmethod
+  def eval_iterator(self, mesh) -> Iterator[dict]:
+    """One exact pass over the eval split (global batches with a 'mask' of real examples); has `close()`."""
+
+  # ---- model ----
+  @abc.abstractmethod
+  def create_model(self, num_classes: int) -> nn.Module:
+    """`models.create(**config.model, num_classes=...)` (raises ValueError for bad settings)."""
+
+  @abc.abstractmethod
+  def init_input(self) -> jax.ShapeDtypeStruct:
+    """The input the model is initialised with (batch of 1)."""
+
+  def validate(self) -> None:
+    """Task-specific config checks, before anything is compiled; raise ValueError naming the field."""
+
+  # ---- steps (pure JAX, inside jit) ----
+  def prepare_train_batch(self, rng: jax.Array, batch: dict, num_classes: int) -> dict:
+    """Batch-level augmentation done once per step before microbatching (e.g. mixup); default: none."""
+    del rng, num_classes
+    return batch
+
+  @abc.abstractmethod
+  def train_loss(self, model: nn.Module, variables: Mapping[str, Any], batch: dict, rng: jax.Array,
+                 mutable: tuple[str, ...]) -> tuple[jax.Array, tuple[dict, Any]]:
+    """(mean loss, (metrics averaged over the batch, updated mutable collections or {}))."""
+
+  @abc.abstractmethod
+  def eval_sums(self, model: nn.Module, variables: Mapping[str, Any], batch: dict) -> dict:
+    """Per-batch sums over real examples (batch['mask']) that `finalize` turns into metrics."""
+
+  # ---- metrics (host) ----
+  @abc.abstractmethod
+  def finalize(self, totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Totals of `eval_sums` over the eval split -> metrics (scalars, and arrays for the task's summaries)."""
+
+  @abc.abstractmethod
+  def describe(self, metrics: Mapping[str, Any]) -> str:
+    """A short human-readable summary of finalised metrics for the log ('top-1 93.5%, ...')."""
+
+  def write_eval_summaries(self, writer, step: int, metrics: Mapping[str, Any], variables, model, mesh) -> None:
+    """Extra TensorBoard output after an evaluation (tables, prediction images); default: none."""

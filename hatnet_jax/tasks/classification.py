@@ -1,0 +1,68 @@
+"""Image classification: HAT-Net with mixup/cutmix + soft-target cross-entropy; top-1/top-5 evaluation."""
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hatnet_jax import data
+from hatnet_jax import models
+from hatnet_jax.tasks import base
+
+TOP_K = 5  # eval reports top-1 and top-k accuracy
+
+
+class Classification(base.Task):
+  """config.model -> models.create(**config.model); config.mixup -> data.mixup.mix_batch(**config.mixup)."""
+
+  name = 'classification'
+  best_metric = 'top1'
+
+  def dataset_facts(self) -> base.DatasetFacts:
+    info = data.dataset_info(self.config.data)
+    return base.DatasetFacts(name=info.name, num_classes=info.num_classes, num_train=info.num_train,
+                             num_eval=info.num_eval, class_names=tuple(info.class_names))
+
+  def train_iterator(self, mesh, start_step):
+    return data.create_train_iterator(self.config, mesh, start_step=start_step)
+
+  def eval_iterator(self, mesh):
+    return data.create_eval_iterator(self.config, mesh)
+
+  def create_model(self, num_classes):
+    return models.create(**self.config.model, num_classes=num_classes)
+
+  def init_input(self):
+    size = self.config.data.image_size
+    return jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+
+  def prepare_train_batch(self, rng, batch, num_classes):
+    images, targets = data.mixup.mix_batch(rng, batch['image'], batch['label'], num_classes=num_classes,
+                                           **self.config.mixup)
+    return dict(batch, image=images, target=targets)
+
+  def train_loss(self, model, variables, batch, rng, mutable):
+    del mutable  # HAT-Net has no mutable collections
+    logits = model.apply(variables, batch['image'], train=True, rngs={'dropout': rng})
+    loss = jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), batch['target']))
+    accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == batch['label']).astype(jnp.float32))
+    return loss, ({'train_loss': loss, 'train_accuracy': accuracy}, {})
+
+  def eval_sums(self, model, variables, batch):
+    labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
+    logits = model.apply(variables, batch['image'], train=False).astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    top1 = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    _, top_k = jax.lax.top_k(logits, min(TOP_K, logits.shape[-1]))
+    topk = jnp.any(top_k == labels[:, None], axis=-1).astype(jnp.float32)
+    return {'loss': jnp.sum(loss * mask), 'top1': jnp.sum(top1 * mask), f'top{TOP_K}': jnp.sum(topk * mask),
+            'count': jnp.sum(mask)}
+
+  def finalize(self, totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    count = float(totals['count'])
+    return {k: float(v) / count for k, v in totals.items() if k != 'count'}
+
+  def describe(self, metrics):
+    return (f'top-1 {100 * metrics["top1"]:.2f}%, top-{TOP_K} {100 * metrics[f"top{TOP_K}"]:.2f}%, '
+            f'loss {metrics["loss"]:.4f}')
