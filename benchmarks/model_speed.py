@@ -6,7 +6,7 @@
     python benchmarks/model_speed.py --model=hatnet_tiny --batch_size=128 --attention_impl=xla,cudnn --remat=0,1
     python benchmarks/model_speed.py --model=hatnet_large --find_max_batch --dtype=bfloat16
 
-The train step is the trainer's own (hatnet_jax.train.train_step: mixup, forward, backward, AdamW update,
+The train step is the trainer's own (hatnet_jax.steps.train_step via experiment.Experiment: mixup, forward, backward, AdamW update,
 EMA off) jitted over a 'data' mesh of all local devices with the trainer's shardings; inputs are synthetic
 and already on the devices. --batch_size is per device. Each figure is the median of --repeats timed
 repetitions (after --warmup untimed steps) with min and max. FLOPs come from XLA's cost analysis of the
@@ -25,11 +25,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default as default_config  # noqa: E402
-from hatnet_jax import models, optim, schedule, train  # noqa: E402
+from hatnet_jax import experiment, layout, models, tasks  # noqa: E402
 
 # Dense bf16 peak TFLOP/s (no sparsity) by device-kind substring, for the default MFU denominator.
 PEAK_BF16_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L4': 121.0, 'TPU v5 lite': 197.0,
@@ -66,20 +65,20 @@ def _peak_memory_bytes() -> tuple[int, str]:
 
 def _config(args, dtype, remat, attention_impl, global_batch):
   c = default_config.get_config()
-  c.model, c.dtype, c.remat, c.attention_impl = args.model, dtype, remat, attention_impl
+  c.model.update(name=args.model, dtype=dtype, remat=remat, attention_impl=attention_impl)
   c.batch_size, c.data.image_size = global_batch, args.image_size
   c.num_steps, c.warmup_steps = 1000, 10
   return c
 
 
 def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: int) -> dict:
-  mesh = train.create_mesh(jax.local_devices())
+  mesh = layout.create_mesh(jax.local_devices())
   global_batch = per_device * mesh.size
   config = _config(args, dtype, remat, attention_impl, global_batch)
-  model = train.create_model(config, NUM_CLASSES)
-  lr_fn = schedule.create_learning_rate_fn(config, 1000)
-  tx = optim.create_optimizer(config, lr_fn)
-  data_sharding = NamedSharding(mesh, P(train.DATA_AXIS))
+  facts = tasks.DatasetFacts(name='synthetic', num_classes=NUM_CLASSES, num_train=1000 * global_batch, num_eval=0)
+  exp = experiment.Experiment.create(config, mesh=mesh, facts=facts)  # the trainer's own step
+  model = exp.model
+  data_sharding = layout.data_sharding(mesh)
   s = args.image_size
   images = jax.device_put(np.random.RandomState(0).randn(global_batch, s, s, 3).astype(np.float32), data_sharding)
   labels = jax.device_put(np.arange(global_batch, dtype=np.int32) % NUM_CLASSES, data_sharding)
@@ -88,24 +87,23 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
                 num_devices=mesh.size, batch_per_device=per_device, image_size=s, dtype=dtype, remat=remat,
                 attention_impl=attention_impl or 'default', jax=jax.__version__)
 
-  def step_fn(model_):
-    abstract, shardings = train.abstract_train_state(config, model_, tx, mesh)
-    return train.jit_train_step(config, model_, tx, lr_fn, mesh, shardings, NUM_CLASSES), abstract
-
   # FLOPs of one train step / one forward, with every block visible to XLA's cost analysis.
-  unrolled = train.create_model(config, NUM_CLASSES).clone(unroll=True)
-  fn_u, abstract_u = step_fn(unrolled)
-  result['train_gflops_per_image'] = fn_u.lower(abstract_u, batch).cost_analysis()['flops'] / global_batch / 1e9
+  config_u = config.copy_and_resolve_references()
+  with config_u.unlocked():
+    config_u.model.unroll = True
+  exp_u = experiment.Experiment.create(config_u, mesh=mesh, facts=facts)
+  unrolled, abstract_u = exp_u.model, exp_u.abstract_state
+  result['train_gflops_per_image'] = (exp_u.train_step.lower(abstract_u, batch).cost_analysis()['flops']
+                                      / global_batch / 1e9)
   infer_u = jax.jit(lambda p, x: unrolled.apply({'params': p}, x, train=False))
   result['infer_gflops_per_image'] = (infer_u.lower(abstract_u.params, images).cost_analysis()['flops']
                                       / global_batch / 1e9)
 
   if 'train' in args.mode:
-    fn, abstract = step_fn(model)
     t = time.perf_counter()
-    compiled = fn.lower(abstract, batch).compile()
+    compiled = exp.train_step.lower(exp.abstract_state, batch).compile()
     result['train_compile_s'] = time.perf_counter() - t
-    state = train.create_train_state(config, model, tx, mesh)
+    state = exp.init_state()
     holder = [state]
 
     def run():
@@ -119,7 +117,7 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
     del holder, state
 
   if 'infer' in args.mode:
-    params = train.create_train_state(config, model, tx, mesh).params
+    params = exp.init_state().params
     infer = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False), out_shardings=data_sharding)
     t = time.perf_counter()
     compiled_infer = infer.lower(params, images).compile()

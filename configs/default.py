@@ -63,6 +63,7 @@ def get_config():
   c.data.threads = 0  # tf.data threads per process (0: one per host CPU core)
   c.data.cache = False  # keep the encoded images in host memory (small datasets, e.g. digits)
   c.data.skip_corrupt = True  # replace (and count) undecodable training images; False: ~10% faster host
+  c.data.allow_empty_classes = False  # image_folder: an empty class directory is an error unless True
 
   # ---- Optimisation (hatnet_jax.train) ----
   c.batch_size = 1024  # global, over all devices of all processes

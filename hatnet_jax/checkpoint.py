@@ -9,6 +9,7 @@ Pretrained weights (`hatnet_jax.convert` output, or any orbax PyTree with a top-
 DIR/checkpoints/<step>/state) load with `load_params`, which keeps fresh values for the classifier head
 when its shape differs (fine-tuning on another number of classes).
 """
+import dataclasses
 import gc
 import json
 import logging as logging_lib
@@ -38,6 +39,42 @@ def _first_line(error: BaseException, limit: int = 240) -> str:
   line = (text[0] if text else '').split(' [tensorstore_spec')[0]
   line = line if len(line) <= limit else line[:limit] + ' ...'
   return f'{type(error).__name__}: {line}'.strip()
+
+
+class CheckpointMismatchError(ValueError):
+  """A readable checkpoint whose arrays do not fit the model/config of this run."""
+
+
+def _leaf_shapes(tree) -> list[tuple]:
+  return sorted(tuple(getattr(x, 'shape', ())) for x in jax.tree.leaves(tree))
+
+
+def _restore_target(abstract_state: Any, saved: Any, what: str) -> Any:
+  """What to restore `saved` (the checkpoint's metadata tree) into: the abstract state itself, or, for a
+  checkpoint written before a field with no arrays was added to the state (TrainState.model_state), a
+  dict of the fields it has. Raises CheckpointMismatchError where the arrays differ (another model,
+  number of classes or optimizer setting), so such a checkpoint is not taken for a damaged one."""
+  if not isinstance(saved, Mapping) or not dataclasses.is_dataclass(abstract_state):
+    return abstract_state
+  fields = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)}
+  problems = []
+  for name, value in fields.items():
+    if name not in saved:
+      if jax.tree.leaves(value):
+        problems.append(f'{name}: not in the checkpoint')
+      continue
+    mine, theirs = _leaf_shapes(value), _leaf_shapes(saved[name])
+    if mine != theirs:
+      problems.append(f'{name}: {len(theirs)} arrays in the checkpoint, {len(mine)} in this run'
+                      + ('' if len(mine) != len(theirs) else ' (of other shapes)'))
+  problems += [f'{name}: in the checkpoint only' for name in saved if name not in fields]
+  if problems:
+    raise CheckpointMismatchError(
+        f'{what} does not fit this run ({"; ".join(problems)}): it was written for another model, number of '
+        f'classes or optimizer setting. Train in a new --workdir, or use the config that wrote it.')
+  if set(saved) == set(fields):
+    return abstract_state
+  return {name: fields[name] for name in saved}
 
 
 class _KeepBest(policies.PreservationPolicy):
@@ -127,10 +164,13 @@ class CheckpointManager:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    path = os.path.join(self.directory, str(step), STATE_ITEM)
+    saved = _read_metadata(path)
+    target = _restore_target(abstract_state, saved, f'The checkpoint at step {step} in {self.directory}')
     restored = self._manager.restore(
-        step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state)}))
+        step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))[STATE_ITEM]
     logging.info('Restored checkpoint at step %d from %s.', step, self.directory)
-    return restored[STATE_ITEM]
+    return abstract_state.replace(**restored) if isinstance(target, dict) else restored
 
   def restore_latest(self, abstract_state: Any) -> Any | None:
     """The newest state that restores, walking back past damaged checkpoints; None if there are none.
@@ -145,6 +185,8 @@ class CheckpointManager:
       try:
         with _quiet_asyncio():
           return self.restore(abstract_state, step)
+      except CheckpointMismatchError:
+        raise  # intact, but for another model or config: nothing to move aside
       except Exception as e:  # pylint: disable=broad-except
         # Any failure here means this step's files cannot be used; the older steps may still be fine.
         moved = self._move_aside(step)
@@ -204,6 +246,18 @@ class _quiet_asyncio:
     self._logger.setLevel(self._level)
 
 
+def _read_metadata(path: str) -> Any:
+  """The array-metadata tree of the PyTree checkpoint at `path` (without orbax's warning that a step's
+  own _CHECKPOINT_METADATA sits one level up)."""
+  logger = logging_lib.getLogger('absl')
+  level = logger.level
+  logger.setLevel(logging_lib.ERROR)
+  try:
+    return _tree(ocp.PyTreeCheckpointer().metadata(path))
+  finally:
+    logger.setLevel(level)
+
+
 def _tree(metadata) -> Any:
   """The nested dict of array metadata out of what `Checkpointer.metadata` returns (versions differ)."""
   for attr in ('item_metadata', 'tree'):
@@ -257,7 +311,7 @@ def load_params(path: str, params: Any, *, reinit: Sequence[str] = ('head',), re
   """
   path = check_pretrained_path(path)
   checkpointer = ocp.PyTreeCheckpointer()
-  saved = _tree(checkpointer.metadata(path))
+  saved = _read_metadata(path)
   if not isinstance(saved, Mapping) or 'params' not in saved:
     raise ValueError(f'config.init_from={path} is not a checkpoint of {{"params": ...}} (as written by '
                      f'hatnet_jax.convert); its top-level keys: '

@@ -298,8 +298,7 @@ def test_digits_are_learnable_to_95_percent(digits_config):
   opt = tx.init(params)
   @jax.jit
   def step(p, o, batch, key):
-    images, targets = data.mixup.mix_batch_from_config(key, batch['image'], batch['label'], 10,
-                                                        c.data)
+    images, targets = data.mixup.mix_batch(key, batch['image'], batch['label'], num_classes=10, **c.mixup)
     loss_fn = lambda p: optax.softmax_cross_entropy(forward(p, images), targets).mean()
     loss, g = jax.value_and_grad(loss_fn)(p)
     upd, o = tx.update(g, o, p)

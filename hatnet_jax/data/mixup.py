@@ -95,12 +95,3 @@ def mix_batch(rng, images, labels, *, num_classes, mixup_alpha=0.8, cutmix_alpha
       cutmix_alpha=cutmix_alpha, mixup_prob=mixup_prob, switch_prob=switch_prob,
       label_smoothing=label_smoothing, correct_lam=correct_lam, num_groups=num_groups)
   return mixed, targets
-
-
-def mix_batch_from_config(rng, images, labels, num_classes, data_config, num_groups=1):
-  """`mix_batch` with the fields of `config.data`."""
-  d = data_config
-  return mix_batch(rng, images, labels, num_classes=num_classes, mixup_alpha=float(d.mixup_alpha),
-                   cutmix_alpha=float(d.cutmix_alpha), mixup_prob=float(d.mixup_prob),
-                   switch_prob=float(d.mixup_switch_prob), label_smoothing=float(d.label_smoothing),
-                   num_groups=num_groups)

@@ -218,7 +218,15 @@ class _Prefetcher:
     return value
 
   def close(self):
+    """Stops the thread and waits for it (bounded), so no producer is left inside TensorFlow at exit."""
     self._stop.set()
+    if self._thread is not None:
+      while self._thread.is_alive():
+        try:  # unblock a producer waiting for room in the queue
+          self._queue.get_nowait()
+        except queue.Empty:
+          pass
+        self._thread.join(timeout=0.1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -239,8 +247,10 @@ class TrainIterator:
   the batches this process has yielded), `get_state()` -> {'step': step}.
   """
 
-  def __init__(self, host_ds, sharding, global_batch, image_size, seed, aug_cfg, start_step, prefetch):
+  def __init__(self, host_ds, sharding, global_batch, image_size, seed, aug_cfg, start_step, prefetch,
+               name_failures=None):
     self._np_iter = host_ds.as_numpy_iterator()
+    self._name_failures = name_failures  # (step, local rows) -> names of the examples that failed
     self._sharding = sharding
     self._global_batch = global_batch
     self._image_shape = (global_batch, image_size, image_size, 3)
@@ -260,17 +270,19 @@ class TrainIterator:
     step = self._produced_step
     self._produced_step += 1
     images = self._augment(images, np.uint32(self._seed & 0xFFFFFFFF), np.int32(step))
-    return dict(image=images, label=labels), int(local['skipped'].sum())
+    failed_rows = np.nonzero(local['skipped'] > 0)[0]
+    names = self._name_failures(step, failed_rows) if self._name_failures and failed_rows.size else []
+    return dict(image=images, label=labels), (int(local['skipped'].sum()), names)
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    batch, skipped = self._prefetcher.get()
+    batch, (skipped, names) = self._prefetcher.get()
     self.num_skipped += skipped
     if skipped:
-      logging.warning('Replaced %d undecodable training image(s) at step %d (total %d)', skipped,
-                      self.step, self.num_skipped)
+      logging.warning('Replaced %d undecodable training image(s) at step %d (%d so far in this run): %s',
+                      skipped, self.step, self.num_skipped, '; '.join(names) or '(names not available)')
     self.step += 1
     return batch
 
@@ -281,11 +293,35 @@ class TrainIterator:
     self._prefetcher.close()
 
 
+class CorruptImageError(ValueError):
+  """An image that evaluation needs could not be decoded; the message names the file(s)."""
+
+
+def undecodable_examples(src, global_batch, batch_index, rows, indices=None) -> list[str]:
+  """Names (`src.describe`) of the examples of one batch (this process's rows) that fail to decode."""
+  if src is None:
+    return []
+  lo, hi = rows
+  if indices is None:
+    positions = np.arange(batch_index * global_batch + lo, batch_index * global_batch + hi)
+    indices = np.minimum(positions, len(src) - 1)
+  bad = []
+  for index in sorted(set(int(i) for i in indices)):
+    data, _ = src.lookup(tf.constant([index], tf.int64))
+    try:
+      transforms.decode_image(data[0])
+    except tf.errors.InvalidArgumentError:
+      bad.append(src.describe(index))
+  return bad
+
+
 class EvalIterator:
   """One pass over the eval split: dict(image f32, label int32, mask f32) global batches."""
 
-  def __init__(self, host_ds, sharding, global_batch, image_size, mean, std, num_batches, prefetch):
+  def __init__(self, host_ds, sharding, global_batch, image_size, mean, std, num_batches, prefetch,
+               src=None, rows=(0, 0)):
     self._np_iter = host_ds.as_numpy_iterator()
+    self._src, self._rows, self._batch_index = src, rows, 0
     self._sharding = sharding
     self._global_batch = global_batch
     self._image_shape = (global_batch, image_size, image_size, 3)
@@ -297,8 +333,12 @@ class EvalIterator:
     try:
       local = next(self._np_iter)
     except tf.errors.InvalidArgumentError as e:
-      raise RuntimeError(f'An evaluation image could not be decoded (evaluation never skips '
-                         f'examples; fix or remove it): {e.message}') from e
+      bad = undecodable_examples(self._src, self._global_batch, self._batch_index, self._rows)
+      names = '\n  '.join(bad) if bad else f'(not found again; TensorFlow said: {e.message})'
+      raise CorruptImageError(f'Evaluation stopped: {len(bad) or "an"} image(s) of the eval split '
+                              f'{getattr(self._src, "split", "?")!r} could not be decoded (evaluation never '
+                              f'skips examples; fix or remove them):\n  {names}') from None
+    self._batch_index += 1
     make = lambda x, shape: jax.make_array_from_process_local_data(self._sharding, x, shape)
     images = self._normalize(make(local['image'], self._image_shape))
     return dict(image=images, label=make(local['label'], (self._global_batch,)),
@@ -329,8 +369,16 @@ def create_train_iterator(config, mesh, start_step=0):
   sharding = layout.data_sharding(mesh)
   lo, hi = layout.process_rows(sharding, config.batch_size)
   host = train_dataset(src, d, int(config.seed), int(config.batch_size), lo, hi, start_step)
+  repeats = max(1, int(d.repeated_aug))
+
+  def name_failures(step, rows):
+    positions = step * int(config.batch_size) + lo + np.asarray(rows, np.int64)
+    indices = stream_indices(tf.constant(positions), len(src), int(config.seed), repeats).numpy()
+    return [src.describe(i) for i in indices]
+
   return TrainIterator(host, sharding, int(config.batch_size), int(d.image_size), int(config.seed),
-                       augment_lib.AugmentConfig.from_data_config(d), start_step, int(d.prefetch))
+                       augment_lib.AugmentConfig.from_data_config(d), start_step, int(d.prefetch),
+                       name_failures=name_failures)
 
 
 def create_eval_iterator(config, mesh):
@@ -343,4 +391,4 @@ def create_eval_iterator(config, mesh):
   lo, hi = layout.process_rows(sharding, batch)
   host = eval_dataset(src, d, batch, lo, hi)
   return EvalIterator(host, sharding, batch, int(d.image_size), tuple(d.mean), tuple(d.std),
-                      math.ceil(len(src) / batch), int(d.prefetch))
+                      math.ceil(len(src) / batch), int(d.prefetch), src=src, rows=(lo, hi))
