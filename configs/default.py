@@ -78,7 +78,10 @@ def get_config():
   c.b1 = 0.9
   c.b2 = 0.999
   c.eps = 1e-8
-  c.weight_decay = 0.05  # on kernels only: none on biases and norm parameters
+  c.weight_decay = 0.05
+  c.weight_decay_on = 'kernels'  # 'kernels' (none on biases and norm parameters) or 'all'
+  c.lr_schedule = 'cosine'  # after the warmup: 'cosine' to min_lr, or 'poly' (power lr_power) to min_lr
+  c.lr_power = 0.9
   c.grad_clip_norm = 0.0  # 0 disables
   c.grad_accum_steps = 1
   c.ema_decay = 0.0  # 0 disables the EMA of the weights

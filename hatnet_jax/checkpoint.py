@@ -223,26 +223,32 @@ class CheckpointManager:
     self._manager.close()
 
 
+def _drop_closed_loop_noise(previous_hook):
+  """An unraisable-exception hook that drops 'Event loop is closed' and passes everything else on."""
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(unraisable.exc_value)):
+      previous_hook(unraisable)
+
+  hook.drops_closed_loop_noise = True
+  return hook
+
+
 class _quiet_asyncio:
   """Silences what a failed orbax restore leaves behind: asyncio's 'Task exception was never retrieved'
-  log records and, when its abandoned coroutines are collected, 'Exception ignored ... Event loop is
-  closed' (over a hundred of each per damaged checkpoint). Other unraisable errors still print."""
+  log records while restoring and, whenever its abandoned coroutines are collected later (up to the
+  interpreter's exit), 'Exception ignored ... Event loop is closed' (over a hundred of each per damaged
+  checkpoint). The latter filter stays installed for the process; other unraisable errors still print."""
 
   def __enter__(self):
     self._logger = logging_lib.getLogger('asyncio')
     self._level = self._logger.level
     self._logger.setLevel(logging_lib.CRITICAL)
-    self._hook = sys.unraisablehook
-
-    def hook(unraisable):
-      if not (isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(unraisable.exc_value)):
-        self._hook(unraisable)
-
-    sys.unraisablehook = hook
+    if not getattr(sys.unraisablehook, 'drops_closed_loop_noise', False):
+      sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
 
   def __exit__(self, *exc):
-    gc.collect()  # collect the abandoned coroutines now, while their noise is filtered
-    sys.unraisablehook = self._hook
+    gc.collect()  # most abandoned coroutines go now, while asyncio's logger is quiet
     self._logger.setLevel(self._level)
 
 

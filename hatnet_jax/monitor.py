@@ -94,3 +94,30 @@ def create_profile_hook(config: ml_collections.ConfigDict, workdir: str):
   return periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_num_steps,
                                   profile_duration_ms=None, first_profile=config.profile_start_step,
                                   every_steps=None, every_secs=None)
+
+
+def label_palette(num_classes: int) -> np.ndarray:
+  """uint8 [num_classes + 1, 3]: a fixed distinct colour per class, black for the ignored label (last)."""
+  rng = np.random.default_rng(0)
+  colours = rng.integers(40, 256, size=(num_classes, 3)).astype(np.uint8)
+  return np.concatenate([colours, np.zeros((1, 3), np.uint8)])
+
+
+def segmentation_panels(images, labels, preds, sizes, mean, std, ignore_index: int) -> np.ndarray:
+  """uint8 [N, H, 3W, 3]: input | ground truth | prediction, colour-coded per class, at the label size.
+
+  `images` are normalised at their aligned size; they are shown resized (nearest) to the label size.
+  """
+  num_classes = int(max(np.max(np.where(labels == ignore_index, 0, labels)), np.max(preds))) + 1
+  palette = label_palette(max(num_classes, 1))
+  shown = images_for_display(images, mean, std)
+  h, w = labels.shape[1:3]
+  out = []
+  for img, lab, pred, (oh, ow) in zip(shown, labels, preds, sizes):
+    rows = np.minimum((np.arange(h) * img.shape[0] / max(int(oh), 1)).astype(int), img.shape[0] - 1)
+    cols = np.minimum((np.arange(w) * img.shape[1] / max(int(ow), 1)).astype(int), img.shape[1] - 1)
+    lab = np.where(lab == ignore_index, len(palette) - 1, np.minimum(lab, len(palette) - 2))
+    outside = (np.arange(h)[:, None] >= oh) | (np.arange(w)[None, :] >= ow)
+    panel = [img[rows][:, cols], palette[lab], palette[np.minimum(pred, len(palette) - 2)]]
+    out.append(np.concatenate([np.where(outside[..., None], 0, p) for p in panel], axis=1))
+  return np.stack(out)

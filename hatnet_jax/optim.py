@@ -1,4 +1,6 @@
-"""The optimizer of the recipe: AdamW with decoupled weight decay on kernels only, optional gradient clipping."""
+"""The optimizer of the recipes: AdamW with decoupled weight decay on kernels only (classification) or on
+every parameter (config.weight_decay_on='all': mmseg's AdamW in the segmentation recipe), optional
+gradient clipping."""
 import jax
 import ml_collections
 import optax
@@ -22,8 +24,11 @@ def weight_decay_mask(params):
 def create_optimizer(config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
                      ) -> optax.GradientTransformation:
   """optax.adamw(b1, b2, eps, weight_decay on kernels) after clipping by global norm (when grad_clip_norm > 0)."""
+  which = config.get('weight_decay_on', 'kernels')
+  if which not in ('kernels', 'all'):
+    raise ValueError(f"config.weight_decay_on must be 'kernels' or 'all'; got {which!r}")
   adamw = optax.adamw(learning_rate=learning_rate_fn, b1=config.b1, b2=config.b2, eps=config.eps,
-                      weight_decay=config.weight_decay, mask=weight_decay_mask)
+                      weight_decay=config.weight_decay, mask=weight_decay_mask if which == 'kernels' else None)
   if config.grad_clip_norm and config.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
   return adamw

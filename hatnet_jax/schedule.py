@@ -29,19 +29,32 @@ def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
   return config.base_lr * config.batch_size / config.lr_base_batch
 
 
-def create_learning_rate_fn(config: ml_collections.ConfigDict, num_steps_per_epoch: int) -> optax.Schedule:
-  """Per-step schedule: linear warmup from `warmup_lr` to the peak, then cosine decay to `min_lr`.
+def poly_decay_schedule(init_value: float, decay_steps: int, end_value: float, power: float) -> optax.Schedule:
+  """mmcv's 'poly' policy: (init - end) * (1 - step / decay_steps) ** power + end."""
+  return optax.polynomial_schedule(init_value=init_value, end_value=end_value, power=power,
+                                   transition_steps=max(decay_steps, 1))
 
-  The step counts optimizer updates (one per global batch, gradient accumulation included); the cosine
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict, num_steps_per_epoch: int) -> optax.Schedule:
+  """Per-step schedule: linear warmup from `warmup_lr` to the peak, then config.lr_schedule to `min_lr`:
+  'cosine' (the classification recipe) or 'poly' with config.lr_power (the segmentation recipe).
+
+  The step counts optimizer updates (one per global batch, gradient accumulation included); the decay
   spans the steps after the warmup, so the last step's learning rate is min_lr.
   """
   total = to_steps(config.num_epochs, config.num_steps, num_steps_per_epoch, name='num_epochs/num_steps')
   warmup = to_steps(config.warmup_epochs, config.warmup_steps, num_steps_per_epoch, name='warmup_epochs/warmup_steps')
   warmup = min(warmup, total)
   peak = peak_learning_rate(config)
-  cosine = optax.cosine_decay_schedule(init_value=peak, decay_steps=max(total - warmup, 1),
-                                       alpha=config.min_lr / peak if peak else 0.0)
+  kind = config.get('lr_schedule', 'cosine')
+  if kind == 'cosine':
+    decay = optax.cosine_decay_schedule(init_value=peak, decay_steps=max(total - warmup, 1),
+                                        alpha=config.min_lr / peak if peak else 0.0)
+  elif kind == 'poly':
+    decay = poly_decay_schedule(peak, total - warmup, config.min_lr, config.lr_power)
+  else:
+    raise ValueError(f"config.lr_schedule must be 'cosine' or 'poly'; got {kind!r}")
   if warmup == 0:
-    return cosine
+    return decay
   linear = optax.linear_schedule(init_value=config.warmup_lr, end_value=peak, transition_steps=warmup)
-  return optax.join_schedules([linear, cosine], boundaries=[warmup])
+  return optax.join_schedules([linear, decay], boundaries=[warmup])

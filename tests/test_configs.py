@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from hatnet_jax import models, train
+from hatnet_jax import models, tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
@@ -33,27 +33,28 @@ def test_all_expected_configs_exist():
 def test_config_loads_and_builds_its_model(path):
   config = load_config(path)
   num_classes = 10 if config.data.dataset == 'digits' else 1000
-  model = train.create_model(config, num_classes)
+  model = tasks.create(config).create_model(num_classes)
   size = config.data.image_size
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))
   logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, size, size, 3)), train=False), variables)
   assert logits.shape == (2, num_classes)
-  if config.model_overrides.to_dict() == {} and num_classes == 1000:
-    assert sum(x.size for x in jax.tree.leaves(variables)) == models.PARAM_COUNTS[config.model]
+  if config.model.name in VARIANTS and num_classes == 1000:
+    assert sum(x.size for x in jax.tree.leaves(variables)) == models.PARAM_COUNTS[config.model.name]
 
 
 @pytest.mark.parametrize('name', sorted(VARIANTS))
 def test_variant_configs_follow_the_pvt_recipe(name):
   c = load_config(os.path.join(REPO, 'configs', f'{name}.py'))
-  assert c.model == name and c.data.dataset == 'imagenet2012'
+  assert c.model.name == name and c.task == 'classification' and c.data.dataset == 'imagenet2012'
   assert (c.b1, c.b2, c.eps) == (0.9, 0.999, 1e-8)
   assert c.batch_size == 1024 and c.base_lr * c.batch_size / c.lr_base_batch == pytest.approx(1e-3)
   assert c.weight_decay == 0.05
   assert (c.num_epochs, c.num_steps, c.warmup_epochs, c.warmup_steps) == (300, None, 5, None)
   assert (c.warmup_lr, c.min_lr) == (1e-6, 1e-5)
-  assert c.drop_path_rate == VARIANTS[name]
+  assert c.model.drop_path_rate == VARIANTS[name]
   assert c.grad_clip_norm == (1.0 if name == 'hatnet_large' else 0.0)
-  assert c.data.label_smoothing == 0.1
+  assert c.mixup.to_dict() == dict(mixup_alpha=0.8, cutmix_alpha=1.0, mixup_prob=1.0, switch_prob=0.5,
+                                  label_smoothing=0.1)
   assert (c.eval_every_epochs, c.eval_every_steps) == (1, None)
 
 
@@ -62,6 +63,18 @@ def test_main_rejects_unknown_config_keys(tmp_path):
          f'--workdir={tmp_path}', '--config.no_such_field=1']
   out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
-  assert out.returncode != 0
-  assert 'no_such_field' in out.stderr
+  assert out.returncode == 2
+  assert 'no_such_field' in out.stderr and 'Traceback' not in out.stderr
   assert not os.listdir(tmp_path)  # nothing was started
+
+
+def test_a_misspelt_field_gets_one_paragraph_with_the_suggestion(tmp_path):
+  cmd = [sys.executable, os.path.join(REPO, 'main.py'), f'--config={REPO}/configs/digits.py',
+         f'--workdir={tmp_path}', '--config.batch_sise=8', '--config.model.drop_pth_rate=0.2']
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      "Error: --config.batch_sise: the config has no field 'batch_sise'; check the spelling against the config "
+      'file (unknown fields are rejected).',
+      'Did you mean --config.batch_size?']

@@ -160,9 +160,10 @@ def test_augment_batch_shape_determinism_and_keys():
   # The jitted function and shapes of the pipeline tests (8 devices, batch 16 of 16x16), so the
   # compilation is shared with tests/test_data_pipeline.py.
   from configs import default  # pylint: disable=g-import-not-at-top
+  from hatnet_jax import layout  # pylint: disable=g-import-not-at-top
   from hatnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
-  sharding = pipeline.data_sharding(mesh)
+  sharding = layout.data_sharding(mesh)
   f = pipeline._augment_fn(augment.AugmentConfig.from_data_config(default.get_config().data), sharding)
   img = jax.device_put(
       np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3)).astype(np.uint8), sharding)

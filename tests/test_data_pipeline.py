@@ -1,6 +1,8 @@
 """End-to-end input pipeline on small data made here: the digits builder, tfds.testing.mock_data, a fake
 ImageNet manual dir with real JPEGs (prepared by TFDS), an ImageFolder tree. Runs on the 8 fake CPU
 devices of tests/conftest.py."""
+import contextlib
+import logging
 import math
 import os
 
@@ -237,6 +239,19 @@ def test_epoch_permutations_and_repeated_augmentation():
   assert len(set(rep.tolist())) == math.ceil(n / 3)
 
 
+@contextlib.contextmanager
+def caplog_at_warning():
+  """The log records (WARNING and up) of the pipeline's logger while the block runs."""
+  records = []
+  handler = logging.Handler(logging.WARNING)
+  handler.emit = records.append
+  logging.getLogger().addHandler(handler)
+  try:
+    yield records
+  finally:
+    logging.getLogger().removeHandler(handler)
+
+
 def test_corrupt_training_images_are_replaced_and_counted(folder, mesh):
   c = make_config(dataset='image_folder', manual_dir=folder)
   src = sources.open_split(c.data, 'train')
@@ -251,28 +266,42 @@ def test_corrupt_training_images_are_replaced_and_counted(folder, mesh):
   assert hit.sum() >= 4
   assert np.all((skipped > 0) == hit)  # replaced exactly where the original image is corrupt
   it = data.create_train_iterator(c, mesh)
-  take(it, steps)
+  with caplog_at_warning() as records:
+    take(it, steps)
   assert it.num_skipped == int(skipped.sum()) >= hit.sum()
-  # Evaluation never skips silently.
+  named = ' '.join(r.getMessage() for r in records if 'undecodable training image' in r.getMessage())
+  assert 'bad_0.jpg' in named or 'bad_1.jpg' in named  # replaced images are named in the log
+  # Evaluation never skips silently, and names the file and the split.
   bad = make_config(dataset='image_folder', manual_dir=folder, eval_split='broken')
-  with pytest.raises(RuntimeError, match='evaluation never skips'):
+  with pytest.raises(pipeline.CorruptImageError,
+                     match=r"(?s)eval split 'broken' could not be decoded.*evaluation never skips.*broken/c00/bad.jpg"):
     list(data.create_eval_iterator(bad, mesh))
+
+
+def test_an_empty_class_directory_is_an_error_unless_allowed(tmp_path, mesh):
+  root = testing.make_image_folder(str(tmp_path / 'f'), {'train': {'a': 2, 'b': 2}, 'validation': {'a': 1}})
+  os.makedirs(os.path.join(root, 'train', 'empty_class'))
+  c = make_config(dataset='image_folder', manual_dir=root)
+  with pytest.raises(ValueError, match=r'class directory empty_class holds no images.*allow_empty_classes=True'):
+    sources.open_split(c.data, 'train')
+  c.data.allow_empty_classes = True
+  assert len(sources.open_split(c.data, 'train')) == 4
 
 
 def test_batch_size_must_divide_device_count(digits_config, mesh):
   c = digits_config.copy_and_resolve_references()
   c.batch_size = 12
-  with pytest.raises(ValueError, match='multiple of the number of devices'):
+  with pytest.raises(ValueError, match='multiple of the device count'):
     data.create_train_iterator(c, mesh)
-  with pytest.raises(ValueError, match='multiple of the number of devices'):
+  with pytest.raises(ValueError, match='multiple of the device count'):
     data.create_eval_iterator(c, mesh)
 
 
 # The data settings of configs/digits.py (the CPU demo): 16x16, no flips (digits are not
 # mirror-symmetric), mild crops, no RandAugment/erasing/mixing, eval without border crop, in memory.
 DEMO_DATA = dict(dataset='digits', image_size=16, crop_scale=(0.6, 1.0), hflip_prob=0.0,
-                 randaugment='', erase_prob=0.0, eval_crop_ratio=1.0, mixup_alpha=0.0,
-                 cutmix_alpha=0.0, mixup_prob=0.0, label_smoothing=0.1, cache=True)
+                 randaugment='', erase_prob=0.0, eval_crop_ratio=1.0, cache=True)
+DEMO_MIXUP = dict(mixup_alpha=0.0, cutmix_alpha=0.0, mixup_prob=0.0, label_smoothing=0.1)
 
 
 @pytest.mark.slow
@@ -280,6 +309,7 @@ def test_digits_are_learnable_to_95_percent(digits_config):
   """A small convnet trained from this pipeline (demo settings) reaches >= 95% digits test accuracy."""
   import optax  # pylint: disable=g-import-not-at-top
   c = make_config(data_dir=digits_config.data.data_dir, **DEMO_DATA)
+  c.mixup.update(DEMO_MIXUP)
   c.batch_size = 64
   mesh1 = Mesh(np.array(jax.devices()[:1]), ('data',))
   info = data.dataset_info(c.data)

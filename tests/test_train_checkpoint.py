@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import default
-from hatnet_jax import checkpoint, optim, preemption, train
+from hatnet_jax import checkpoint, layout, optim, preemption, steps
 
 
 def _state(mesh, config, seed=0):
@@ -24,9 +24,9 @@ def _state(mesh, config, seed=0):
   opt_state = tx.init(params)
   # one update so the optimizer state is not all zeros
   _, opt_state = tx.update(jax.tree.map(jnp.ones_like, params), opt_state, params)
-  state = train.TrainState(step=jnp.int32(7), params=params, opt_state=opt_state, ema_params=params,
+  state = steps.TrainState(step=jnp.int32(7), params=params, opt_state=opt_state, ema_params=params,
                            rng=jax.random.PRNGKey(42), nonfinite_step=jnp.int32(-1))
-  shardings = train.state_shardings(state, mesh, config)
+  shardings = layout.state_shardings(state, mesh, config)
   return jax.device_put(state, shardings), shardings
 
 
@@ -42,7 +42,7 @@ def _assert_bitwise_equal(a, b):
 
 
 def test_keeps_last_k_and_best(tmp_path):
-  mesh = train.create_mesh()
+  mesh = layout.create_mesh()
   state, _ = _state(mesh, default.get_config())
   mngr = checkpoint.CheckpointManager(str(tmp_path / 'ck'), max_to_keep=2, keep_best=True)
   top1 = {10: 0.3, 20: 0.9, 30: None, 40: 0.5, 50: None}
@@ -62,18 +62,18 @@ def test_keeps_last_k_and_best(tmp_path):
 
 def test_restore_from_8_devices_onto_4_and_onto_fsdp(tmp_path):
   config = default.get_config()
-  mesh8 = train.create_mesh()
+  mesh8 = layout.create_mesh()
   assert mesh8.size == 8
   state, _ = _state(mesh8, config)
   mngr = checkpoint.CheckpointManager(str(tmp_path / 'ck'), max_to_keep=3, keep_best=False)
   mngr.save(7, state)
   mngr.close()
 
-  mesh4 = train.create_mesh(jax.devices()[:4])
+  mesh4 = layout.create_mesh(jax.devices()[:4])
   target, shardings4 = _state(mesh4, config, seed=5)
   restored = checkpoint.CheckpointManager(str(tmp_path / 'ck'), max_to_keep=3, keep_best=False).restore(
       _abstract(target, shardings4))
-  assert isinstance(restored, train.TrainState)
+  assert isinstance(restored, steps.TrainState)
   _assert_bitwise_equal(restored, state)
   for leaf in jax.tree.leaves(restored):
     assert leaf.sharding.mesh.size == 4 and leaf.sharding.is_fully_replicated
@@ -91,7 +91,7 @@ def test_restore_from_8_devices_onto_4_and_onto_fsdp(tmp_path):
 
 
 def test_load_params_keeps_a_fresh_head_for_other_classes(tmp_path):
-  mesh = train.create_mesh()
+  mesh = layout.create_mesh()
   replicated = NamedSharding(mesh, P())
   pretrained = {'stem': {'kernel': jnp.full((3, 3, 3, 16), 2.0), 'bias': jnp.full((16,), 3.0)},
                 'head': {'kernel': jnp.ones((16, 1000)), 'bias': jnp.ones((1000,))}}
@@ -120,7 +120,7 @@ def test_load_params_keeps_a_fresh_head_for_other_classes(tmp_path):
 
 
 def test_load_params_from_a_training_checkpoint(tmp_path):
-  mesh = train.create_mesh()
+  mesh = layout.create_mesh()
   state, _ = _state(mesh, default.get_config())
   mngr = checkpoint.CheckpointManager(str(tmp_path / 'ck'), max_to_keep=1, keep_best=False)
   mngr.save(7, state)
@@ -131,14 +131,18 @@ def test_load_params_from_a_training_checkpoint(tmp_path):
   _assert_bitwise_equal(loaded, state.params)
 
 
-def test_preemption_watcher_catches_sigterm():
-  before = signal.getsignal(signal.SIGTERM)
-  watcher = preemption.PreemptionWatcher()
-  assert not watcher.reached(1)
-  os.kill(os.getpid(), signal.SIGTERM)
-  assert watcher.reached(2)
-  watcher.close()
-  assert signal.getsignal(signal.SIGTERM) == before
+def test_stop_watcher_catches_sigterm_and_counts_ctrl_c(caplog):
+  before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+  with preemption.StopWatcher() as watcher:
+    assert not watcher.reached(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert watcher.reached(2) and not watcher.interrupted
+  with preemption.StopWatcher() as watcher:
+    os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: the step in progress finishes
+    assert watcher.reached(3) and watcher.interrupted
+    os.kill(os.getpid(), signal.SIGINT)  # the second press is ignored while saving, with a line saying so
+    assert any('still saving' in r.getMessage() for r in caplog.records)
+  assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
 def _damage(step_dir, how):
@@ -157,7 +161,7 @@ def _damage(step_dir, how):
 @pytest.mark.parametrize('how', ['truncate', 'delete', 'json'])
 def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_restored(tmp_path, how, caplog):
   config = default.get_config()
-  mesh = train.create_mesh()
+  mesh = layout.create_mesh()
   states = {s: _state(mesh, config, seed=s) for s in (1, 2)}
   directory = str(tmp_path / 'ck')
   mngr = checkpoint.CheckpointManager(directory, max_to_keep=3, keep_best=False)

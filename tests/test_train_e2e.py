@@ -121,11 +121,13 @@ def test_trains_evaluates_writes_checkpoints_and_events(reference, shared):
   assert scalars['learning_rate'][3] == pytest.approx(5e-4)  # warmup of 2 steps to 2e-3 * 16 / 64
   assert 'train_images' in tags
   assert any(tag.startswith('_hparams_') for tag in tags)
-  assert 'Eval at step 12' in log and 'ETA' in log
+  assert 'Evaluation at step 12' in log and 'ETA' in log and 'Step 12/12 (100.0%)' in log
+  assert 'Training finished: 12 steps (12 this session)' in log.strip().splitlines()[-1]
 
   # Evaluation only: restores the latest checkpoint and reports the same numbers.
   log = _run(shared, workdir, '--config.mode=eval')
-  assert f'Eval at step 12: top-1 {100 * scalars["eval_top1"][12]:.2f}%' in log
+  assert f'Evaluation of step 12: top-1 {100 * scalars["eval_top1"][12]:.2f}%' in log
+  assert 'Training' not in log and 'steps' not in log  # eval mode logs only evaluation facts
   assert _steps(workdir) == [4, 6, 8, 12]
 
 
@@ -145,12 +147,74 @@ def test_sigkill_and_restart_gives_bitwise_the_uninterrupted_run(reference, shar
 
   log = _run(shared, workdir)
   assert f'Restored checkpoint at step {max(killed_at)}' in log
+  _assert_same_final_state(workdir, ref_dir)
+
+
+def _assert_same_final_state(workdir, ref_dir):
   resumed, uninterrupted = _load_state(workdir, NUM_STEPS), _load_state(ref_dir, NUM_STEPS)
   flat_a = jax.tree_util.tree_flatten_with_path(resumed)[0]
   flat_b = jax.tree_util.tree_flatten_with_path(uninterrupted)[0]
   assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
   for (path, a), (_, b) in zip(flat_a, flat_b):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_ctrl_c_saves_at_the_reached_step_and_a_restart_continues_bitwise(reference, shared, tmp_path):
+  workdir = str(tmp_path / 'ctrl_c')
+  # SIGINT at its default in the child (a shell's background job would ignore it).
+  proc = subprocess.Popen(_cmd(shared, workdir), env=_env(shared, 8), cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  lines = []
+  for line in proc.stderr:
+    lines.append(line)
+    if 'Step 5/12' in line:
+      proc.send_signal(signal.SIGINT)
+  proc.wait(timeout=RUN_TIMEOUT)
+  log = ''.join(lines)
+  assert proc.returncode == 130, log[-3000:]
+  assert 'Traceback' not in log and 'KeyboardInterrupt' not in log
+  last = log.strip().splitlines()[-1]
+  reached = int(re.search(r'Interrupted \(Ctrl-C\) at step (\d+)', last).group(1))
+  assert 5 <= reached < NUM_STEPS and reached in _steps(workdir), (last, _steps(workdir))
+  assert int(_load_state(workdir, reached)['step']) == reached
+  log = _run(shared, workdir)
+  assert f'Restored checkpoint at step {reached}' in log
+  _assert_same_final_state(workdir, reference[0])
+
+
+@pytest.mark.parametrize('how', ['truncate', 'delete', 'json'])
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_ends_bitwise(reference, shared, tmp_path, how):
+  from tests.test_train_checkpoint import _damage  # pylint: disable=g-import-not-at-top
+  ref_dir, _ = reference
+  workdir = tmp_path / 'damaged'
+  for step in (4, 6, 8):
+    shutil.copytree(os.path.join(ref_dir, 'checkpoints', str(step)), workdir / 'checkpoints' / str(step))
+  _damage(str(workdir / 'checkpoints' / '8'), how)
+  log = _run(shared, str(workdir))
+  warnings = [l for l in log.splitlines() if 'could not be restored' in l]
+  assert len(warnings) == 1 and 'step 8' in warnings[0] and '8.damaged' in warnings[0], log[-3000:]
+  assert 'Restored checkpoint at step 6' in log and 'Event loop is closed' not in log
+  assert (workdir / 'checkpoints' / '8.damaged').is_dir()
+  _assert_same_final_state(str(workdir), ref_dir)
+
+
+def test_an_undecodable_eval_image_is_named_after_a_checkpoint_of_its_step(shared, tmp_path):
+  from hatnet_jax.data import testing  # pylint: disable=g-import-not-at-top
+  root = testing.make_image_folder(str(tmp_path / 'images'), {'train': {'a': 8, 'b': 8},
+                                                               'validation': {'a': 2, 'b': 2}})
+  with open(os.path.join(root, 'validation', 'b', 'broken.jpg'), 'wb') as f:
+    f.write(testing.corrupt_jpeg(np.random.default_rng(0)))
+  workdir = str(tmp_path / 'run')
+  out = subprocess.run(_cmd(shared, workdir, '--config.data.dataset=image_folder', f'--config.data.manual_dir={root}',
+                            '--config.data.cache=False', '--config.data.eval_split=validation'),
+                       env=_env(shared, 8), cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+  assert out.returncode == 1, out.stderr[-3000:]
+  for crash in ('Traceback', 'terminate called', 'Fatal Python error', 'Aborted'):
+    assert crash not in out.stderr, out.stderr[-3000:]
+  tail = out.stderr[out.stderr.rindex('Error: '):]
+  assert "eval split 'validation' could not be decoded" in tail and 'validation/b/broken.jpg' in tail
+  assert _steps(workdir) == [4, 6]  # the first evaluation (step 6) came after its checkpoint
 
 
 def test_sigterm_saves_a_checkpoint_at_the_reached_step(reference, shared, tmp_path):

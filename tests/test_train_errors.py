@@ -33,15 +33,20 @@ def _config(tmp_path):
 
 
 @pytest.mark.parametrize('change,error,message', [
-    (dict(model='hatnet_nano'), ValueError, r"unknown model 'hatnet_nano'.*hatnet_tiny"),
+    (dict(model=dict(name='hatnet_nano')), ValueError, r"unknown model 'hatnet_nano'.*hatnet_tiny"),
+    (dict(model=dict(dtype='bf17')), ValueError, r"model dtype='bf17' is not a dtype"),
     (dict(batch_size=12), ValueError, r'batch_size=12 .* multiple of the device count \(8'),
     (dict(batch_size=16, grad_accum_steps=4), ValueError, r'x config.grad_accum_steps \(4\) = 32'),
     (dict(mode='predict'), ValueError, r"config.mode must be one of \('train', 'eval'\)"),
-    (dict(init_from='/no/such/dir'), FileNotFoundError, 'init_from'),
+    (dict(task='detection'), ValueError, r"config.task='detection' is not a task; choose one of \['classification"),
+    (dict(init_from='/no/such/dir'), FileNotFoundError, r'init_from=/no/such/dir does not exist. config.init_from '
+     r'takes a directory written by `python -m hatnet_jax.convert`'),
 ])
 def test_bad_settings(tmp_path, compiles, change, error, message):
   c = _config(tmp_path)
-  c.update(change)
+  with c.unlocked():
+    c.update_from_flattened_dict({k if not isinstance(v, dict) else f'{k}.{kk}': vv for k, v in change.items()
+                                  for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])})
   workdir = tmp_path / 'workdir'
   with pytest.raises(error, match=message):
     train.train_and_evaluate(c, str(workdir))
@@ -51,7 +56,7 @@ def test_bad_settings(tmp_path, compiles, change, error, message):
 
 def test_unknown_model_override_field(tmp_path, compiles):
   c = _config(tmp_path)
-  c.model_overrides.depth = (1,)  # the field is 'depths'
+  c.model.depth = (1,)  # the field is 'depths'
   with pytest.raises(ValueError, match=r"unknown model override\(s\) \['depth'\]"):
     train.train_and_evaluate(c, str(tmp_path / 'workdir'))
   assert not compiles
@@ -77,3 +82,35 @@ def test_eval_mode_without_anything_to_evaluate(tmp_path, digits_data_dir):
   c.mode = 'eval'
   with pytest.raises(FileNotFoundError, match='no checkpoint in .* and no config.init_from'):
     train.train_and_evaluate(c, str(tmp_path / 'workdir'))
+
+
+def test_init_from_a_run_workdir_says_which_path_to_use(tmp_path, compiles):
+  run = tmp_path / 'run'
+  for step in (4, 12):
+    (run / 'checkpoints' / str(step) / 'state').mkdir(parents=True)
+  c = _config(tmp_path)
+  for path, want in ((run, run / 'checkpoints' / '12' / 'state'), (run / 'checkpoints' / '12',
+                                                                    run / 'checkpoints' / '12' / 'state')):
+    c.init_from = str(path)
+    with pytest.raises(ValueError, match=f'use {want}'):
+      train.train_and_evaluate(c, str(tmp_path / 'workdir'))
+  (tmp_path / 'empty').mkdir()
+  c.init_from = str(tmp_path / 'empty')
+  with pytest.raises(ValueError, match='is not an orbax checkpoint'):
+    train.train_and_evaluate(c, str(tmp_path / 'workdir'))
+  assert not compiles and not (tmp_path / 'workdir').exists()
+
+
+@pytest.mark.parametrize('kind', ['file', 'unwritable'])
+def test_bad_workdir(tmp_path, digits_data_dir, kind):
+  c = _config(tmp_path)
+  c.data.data_dir = digits_data_dir
+  if kind == 'file':
+    workdir = tmp_path / 'a_file'
+    workdir.write_text('')
+    message = 'is a file; give a directory'
+  else:
+    workdir = '/proc/no_such_dir/run'  # cannot be created, even as root
+    message = 'cannot be written'
+  with pytest.raises(train.WorkdirError, match=f'--workdir=.*{message}'):
+    train.train_and_evaluate(c, str(workdir))

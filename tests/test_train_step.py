@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import digits
-from hatnet_jax import optim, schedule, train
+from hatnet_jax import experiment, layout, steps, tasks
 
 NUM_CLASSES = 10
 BATCH = 16
@@ -19,20 +19,16 @@ SIZE = 16
 def _setup(**changes):
   config = digits.get_config('tiny')
   config.update(changes)
-  mesh = train.create_mesh()
-  model = train.create_model(config, NUM_CLASSES)
-  lr_fn = schedule.create_learning_rate_fn(config, num_steps_per_epoch=90)
-  tx = optim.create_optimizer(config, lr_fn)
-  _, shardings = train.abstract_train_state(config, model, tx, mesh)
-  step = train.jit_train_step(config, model, tx, lr_fn, mesh, shardings, NUM_CLASSES)
-  return config, mesh, model, tx, step
+  facts = tasks.DatasetFacts(name='synthetic', num_classes=NUM_CLASSES, num_train=90 * config.batch_size,
+                             num_eval=0)
+  exp = experiment.Experiment.create(config, facts=facts)
+  return config, exp.mesh, exp, exp.train_step
 
 
 @pytest.fixture(scope='module')
 def plain():
-  config, mesh, model, tx, step = _setup()
-  state = train.create_train_state(config, model, tx, mesh)
-  return config, mesh, model, step, state
+  config, mesh, exp, step = _setup()
+  return config, mesh, exp, step, exp.init_state()
 
 
 def _batch(mesh, seed=0, nan=False):
@@ -76,14 +72,14 @@ def test_state_is_replicated_or_fsdp_sharded(plain):
   config = digits.get_config('tiny')
   config.shard_params = True
   config.shard_params_min_size = 64
-  shardings = train.state_shardings(jax.eval_shape(lambda s: s, state), mesh, config)
+  shardings = layout.state_shardings(jax.eval_shape(lambda s: s, state), mesh, config)
   specs = [s.spec for s in jax.tree.leaves(shardings.params)]
   assert any('data' in spec for spec in specs) and any(spec == P() for spec in specs)
 
 
 def test_grad_accumulation_matches_the_full_batch_and_ema_follows(plain):
   _, mesh, _, step1, state = plain
-  config, _, _, _, step2 = _setup(grad_accum_steps=2, ema_decay=0.9)
+  config, _, _, step2 = _setup(grad_accum_steps=2, ema_decay=0.9)
   state = state.replace(ema_params=state.params)
   full, m_full = step1(_copy(state.replace(ema_params=None)), _batch(mesh))
   accum, m_accum = step2(_copy(state), _batch(mesh))
@@ -98,12 +94,14 @@ def test_grad_accumulation_matches_the_full_batch_and_ema_follows(plain):
 
 
 def test_eval_step_sums_ignore_padding(plain):
-  _, mesh, model, _, state = plain
+  _, mesh, exp, _, state = plain
+  model = exp.model
   batch = _batch(mesh, seed=3)
   mask = np.ones(BATCH, np.float32)
   mask[-5:] = 0
   batch['mask'] = jax.device_put(mask, NamedSharding(mesh, P('data')))
-  sums = jax.jit(functools.partial(train.eval_step, model=model))(state.params, state.params, batch)
+  sums = exp.eval_step(state.replace(ema_params=state.params), batch)
+  sums = dict(sums[''], **{f'ema_{k}': v for k, v in sums['ema_'].items()})
   logits = np.asarray(jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(state.params, batch['image']))
   labels, keep = np.asarray(batch['label']), mask.astype(bool)
   log_probs = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True)) \
