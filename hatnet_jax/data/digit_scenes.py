@@ -45,12 +45,14 @@ def _texture(rng, h, w):
 
 
 def make_scene(split, index, digit_images, digit_labels):
-  """(image uint8 [h, w, 3], stored mask uint8 [h, w] with the 0/1/2+d coding) of one scene."""
+  """(image uint8 [h, w, 3], stored mask uint8 [h, w] with the 0/1/2+d coding, placed digits) of one
+  scene; placed: [(index into digit_images, class, top, left, size)] in pasting order."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng([_SPLIT_SEED[split], index])
   h, w = int(rng.choice(SIZES)), int(rng.choice(SIZES))
   img = _texture(rng, h, w)
   mask = np.ones((h, w), np.uint8)
+  placed = []
   for _ in range(int(rng.integers(2, 5))):
     k = int(rng.integers(len(digit_images)))
     s = int(rng.integers(20, 45))
@@ -60,6 +62,7 @@ def make_scene(split, index, digit_images, digit_labels):
     y1, x1 = min(top + s, h), min(left + s, w)
     if y1 <= y0 or x1 <= x0:
       continue
+    placed.append((k, int(digit_labels[k]), top, left, s))
     v = digit[y0 - top:y1 - top, x0 - left:x1 - left].astype(np.float32)
     colour = rng.uniform(150, 255, 3).astype(np.float32)
     a = (v / 255.0)[..., None]
@@ -67,7 +70,7 @@ def make_scene(split, index, digit_images, digit_labels):
     m = mask[y0:y1, x0:x1]
     m[v > HIGH] = 2 + int(digit_labels[k])
     m[(v > LOW) & (v <= HIGH)] = 0
-  return np.clip(np.round(img), 0, 255).astype(np.uint8), mask
+  return np.clip(np.round(img), 0, 255).astype(np.uint8), mask, placed
 
 
 def _png(arr):
@@ -89,7 +92,7 @@ def split_digits(split):
 def iter_examples(split, num):
   images, labels = split_digits(split)
   for i in range(num):
-    img, mask = make_scene(split, i, images, labels)
+    img, mask, _ = make_scene(split, i, images, labels)
     name = f'{split}_{i:05d}'
     yield name, {'image': _png(img), 'annotation': _png(mask), 'file_name': name}
 

@@ -91,6 +91,8 @@ def _find_bad_example(src, indices, transform_check):
       transform_check(img, mask)
     except Exception as e:  # pylint: disable=broad-except
       msg = getattr(e, 'message', str(e)).strip().splitlines()[0]
+      if src.kind == 'files':
+        name = f'{src.images[i]} / {src.masks[i]}'
       return f'{src.name} split {src.split!r}, example {i}, file {name!r}: {msg}'
   return None
 

@@ -89,7 +89,8 @@ def ensure_prepared(d, builder):
                          f'ade20k.prepare({manual!r}, {d.get("data_dir")!r})"')
     logging.info('Preparing ade20k from %s in %s (array_record, ~20 min)', manual,
                  builder.data_dir_root)
-    ade20k_lib.prepare(manual, d.get('data_dir'))
+    from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+    sources.prepare_builder(builder, manual_dir=manual)
     return
   from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
   sources.prepare_builder(builder)
@@ -229,11 +230,15 @@ class SegSource:
       for start in range(0, self.num_examples, chunk):
         idx = np.arange(start, min(start + chunk, self.num_examples))
         if self.kind == 'files':
-          for i in idx:
-            out[i] = ade20k_lib.image_size(self.images[i])
+          items = [(i, self.images[i], self.images[i]) for i in idx]
         else:
-          for i, (img, _, _) in zip(idx, self.read_numpy(idx)):
-            out[i] = ade20k_lib.image_size(img)
+          items = [(i, img, name) for i, (img, _, name) in zip(idx, self.read_numpy(idx))]
+        for i, data, name in items:
+          try:
+            out[i] = ade20k_lib.image_size(data)
+          except Exception as e:  # pylint: disable=broad-except
+            raise ValueError(f'{self.name} split {self.split!r}: cannot read the image header of '
+                             f'example {i} ({name}): {e}') from e
       cache = out
       _SIZES[self._key()] = out
     self._sizes = cache
@@ -264,8 +269,12 @@ _MEMORY = {}
 
 def _check_folder_sizes(pairs, split):
   for stem, img, ann in pairs:
-    ih, iw = ade20k_lib.image_size(img)
-    mh, mw = ade20k_lib.image_size(ann)
+    try:
+      ih, iw = ade20k_lib.image_size(img)
+      mh, mw = ade20k_lib.image_size(ann)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'seg_folder split {split!r}: cannot read the header of {img} or {ann}: '
+                       f'{e}') from e
     if (ih, iw) != (mh, mw):
       raise ValueError(f'seg_folder {split}: annotation {ann} has size {mw}x{mh} (WxH) but its image '
                        f'{img} is {iw}x{ih}')
