@@ -406,3 +406,46 @@ def test_eval_read_errors_name_file_and_split(tmp_path, mesh, damage):
   with pytest.raises(Exception) as e:
     list(seg_pipeline.create_eval_iterator(c, mesh))
   assert 'im1.jpg' in str(e.value) and 'validation' in str(e.value), str(e.value)
+
+
+def test_label_resize_is_cv2_nearest_and_image_resize_half_pixel_bilinear():
+  rng = np.random.default_rng(0)
+  lab = rng.integers(0, 150, size=(37, 53)).astype(np.int32)
+  for h, w in [(74, 106), (18, 26), (50, 20)]:
+    got = seg_transforms.resize_nearest(tf.constant(lab), h, w).numpy()
+    ys = np.minimum(np.floor(np.arange(h) * (37 / h)).astype(int), 36)  # cv2 INTER_NEAREST
+    xs = np.minimum(np.floor(np.arange(w) * (53 / w)).astype(int), 52)
+    np.testing.assert_array_equal(got, lab[ys][:, xs])
+  img = rng.integers(0, 256, size=(6, 8, 3)).astype(np.uint8)
+  got = seg_transforms.resize_bilinear(tf.constant(img), 12, 16).numpy().astype(np.float64)
+  # cv2 INTER_LINEAR: source coordinate (x + 0.5) * in / out - 0.5, clamped at the border.
+  def coords(n_out, n_in):
+    c = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    i0 = np.floor(c).astype(int)
+    return i0, np.minimum(i0 + 1, n_in - 1), c - i0
+  y0, y1, fy = coords(12, 6)
+  x0, x1, fx = coords(16, 8)
+  f = img.astype(np.float64)
+  top = f[y0][:, x0] * (1 - fx)[None, :, None] + f[y0][:, x1] * fx[None, :, None]
+  bot = f[y1][:, x0] * (1 - fx)[None, :, None] + f[y1][:, x1] * fx[None, :, None]
+  want = np.round(top * (1 - fy)[:, None, None] + bot * fy[:, None, None])
+  assert np.abs(got - want).max() <= 1
+
+
+def test_train_read_error_names_the_file(tmp_path, mesh):
+  root = tmp_path / 'folder'
+  rng = np.random.default_rng(0)
+  for split in ('train', 'validation'):
+    (root / 'images' / split).mkdir(parents=True)
+    (root / 'annotations' / split).mkdir(parents=True)
+    for i in range(2):
+      data = testing.make_jpeg(rng, 40, 30)
+      if split == 'train' and i == 1:
+        data = data[:len(data) // 2]
+      (root / 'images' / split / f'im{i}.jpg').write_bytes(data)
+      (root / 'annotations' / split / f'im{i}.png').write_bytes(png(np.ones((30, 40), np.uint8)))
+  d = data_config(dataset='seg_folder', manual_dir=str(root), num_classes=2, crop_size=32,
+                  scale=(128, 32))
+  with pytest.raises(RuntimeError) as e:
+    next(seg_pipeline.create_train_iterator(config(d, batch=8), mesh))
+  assert 'im1.jpg' in str(e.value) and "split 'train'" in str(e.value) and 'step 0' in str(e.value)
