@@ -66,7 +66,10 @@ def ade(tmp_path_factory):
   manual = make_fake_ade(str(base / 'ADEChallengeData2016'))
   d = data_config(dataset='ade20k', manual_dir=manual, data_dir=str(base / 'tfds'), crop_size=32,
                   scale=(128, 32))
-  seg_sources.dataset_info(d)  # prepares it once
+  from hatnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  assert prepare.main(['--dataset=ade20k', f'--manual_dir={manual}', f'--data_dir={d.data_dir}']) == 0
+  assert prepare.main(['--dataset=ade20k', f'--manual_dir={base / "none"}',
+                       f'--data_dir={base / "tfds2"}']) == 1
   return d
 
 

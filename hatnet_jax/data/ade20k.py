@@ -14,7 +14,8 @@ Features: ``image`` (the original JPEG bytes, not re-encoded), ``annotation`` (t
 uint8, one channel, 0 = "other", 1..150 = the classes), ``file_name`` (the stem). Splits 'train' and
 'validation'. Prepared once with ``download_and_prepare(file_format='array_record')``::
 
-    python -c "from hatnet_jax.data import ade20k; ade20k.prepare('/data/ADEChallengeData2016', '/data/tfds')"
+    python -m hatnet_jax.data.prepare --dataset=ade20k --manual_dir=/data/ADEChallengeData2016 \
+        [--data_dir=/data/tfds]
 
 Generation validates every pair: missing directories, an image without annotation (or vice versa),
 a mask whose size differs from its image's, a mask that is not single-channel, or label values outside

@@ -18,7 +18,7 @@ the two thresholds, LOW < v <= HIGH), 1 = background, 2 + d = digit d (v > HIGH)
 reduce_zero_label like ADE20K (0 -> 255 ignore, k -> k - 1), giving 11 classes:
 0 = background, 1 + d = digit d, and 255 = ignore on the ambiguous edges.
 
-Configs: 'full' (default: 3,000 train / 300 test scenes, ~10 s to prepare) and 'small' (96 / 40, for
+Configs: 'full' (default: 3,000 train / 300 test scenes, ~20 s to prepare on a busy CPU) and 'small' (96 / 40, for
 tests). Select with ``config.data.dataset = 'digit_scenes'`` or ``'digit_scenes/small'``.
 """
 import dataclasses

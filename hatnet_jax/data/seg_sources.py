@@ -84,9 +84,10 @@ def ensure_prepared(d, builder):
     manual = d.get('manual_dir')
     ade20k_lib.locate(manual)  # layout error naming the path and the expected layout
     if _process_count() > 1:
+      data_dir = f' --data_dir={d.data_dir}' if d.get('data_dir') else ''
       raise RuntimeError(f'ade20k is not prepared in {builder.data_dir_root}; prepare it once from '
-                         f'one process: python -c "from hatnet_jax.data import ade20k; '
-                         f'ade20k.prepare({manual!r}, {d.get("data_dir")!r})"')
+                         f'one process: python -m hatnet_jax.data.prepare --dataset=ade20k '
+                         f'--manual_dir={manual}{data_dir}')
     logging.info('Preparing ade20k from %s in %s (array_record, ~20 min)', manual,
                  builder.data_dir_root)
     from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
