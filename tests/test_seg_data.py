@@ -452,3 +452,16 @@ def test_train_read_error_names_the_file(tmp_path, mesh):
   with pytest.raises(RuntimeError) as e:
     next(seg_pipeline.create_train_iterator(config(d, batch=8), mesh))
   assert 'im1.jpg' in str(e.value) and "split 'train'" in str(e.value) and 'step 0' in str(e.value)
+
+
+def test_train_stream_does_not_depend_on_the_process_layout(ade):
+  src = seg_sources.open_split(ade, 'train')
+  def host(lo, hi):
+    ds = seg_pipeline.train_dataset(src, ade, 3, 8, lo, hi, start_step=1, num_steps=2, threads=1)
+    return list(ds.as_numpy_iterator())
+  whole = host(0, 8)
+  parts = [host(p * 2, p * 2 + 2) for p in range(4)]
+  assert len(whole) == 2
+  for step, w in enumerate(whole):
+    for key in w:
+      np.testing.assert_array_equal(np.concatenate([p[step][key] for p in parts]), w[key])

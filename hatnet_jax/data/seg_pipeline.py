@@ -38,7 +38,6 @@ largest original size in the group; `orig_size` gives each image's (h, w) to cro
 Each process takes its rows of every batch: every image is counted exactly once over all processes.
 """
 import collections
-import math
 
 import ml_collections
 import numpy as np
