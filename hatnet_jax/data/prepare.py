@@ -6,6 +6,10 @@
 ImageNet: the manual dir must hold ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar as downloaded
 from image-net.org (TFDS ships the validation labels). Other TFDS datasets are downloaded by TFDS;
 'digits' needs nothing. 'image_folder' needs no preparation (files are read in place).
+
+Segmentation: --dataset=ade20k --manual_dir=<ADEChallengeData2016 dir, or the dir holding
+ADEChallengeData2016.zip>; --dataset=digit_scenes (or digit_scenes/small) needs nothing; seg_folder is
+read in place.
 """
 import argparse
 import logging
@@ -26,6 +30,8 @@ def main(argv=None):
   from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
   d = ml_collections.ConfigDict(dict(dataset=args.dataset, manual_dir=args.manual_dir,
                                      data_dir=args.data_dir))
+  if args.dataset.split('/')[0] in ('ade20k', 'digit_scenes', 'seg_folder'):
+    return _prepare_segmentation(args)
   if args.dataset == sources.IMAGE_FOLDER:
     print('image_folder needs no preparation: files are read in place.')
     return 0
@@ -43,6 +49,25 @@ def main(argv=None):
     print(f'Prepared {builder.name} in {builder.data_dir}')
   for split, info in builder.info.splits.items():
     print(f'  {split}: {info.num_examples} examples')
+  return 0
+
+
+def _prepare_segmentation(args):
+  """Segmentation datasets (`seg_sources`): 'ade20k' from its manual dir, 'digit_scenes[/small]'."""
+  from hatnet_jax.data import seg_sources  # pylint: disable=g-import-not-at-top
+  d = ml_collections.ConfigDict(dict(dataset=args.dataset, manual_dir=args.manual_dir,
+                                     data_dir=args.data_dir, train_split='train',
+                                     eval_split='validation'))
+  if args.dataset == seg_sources.SEG_FOLDER:
+    print('seg_folder needs no preparation: files are read in place.')
+    return 0
+  try:
+    info = seg_sources.dataset_info(d)  # prepares it if needed
+  except FileNotFoundError as e:
+    print(e, file=sys.stderr)
+    return 1
+  print(f'{info.name} is prepared: {info.train_split} {info.num_train} examples, {info.eval_split} '
+        f'{info.num_eval} examples, {info.num_classes} classes')
   return 0
 
 
