@@ -177,6 +177,8 @@ def from_pytorch(path_or_state_dict, model: str, num_classes: int | None = None,
   num_classes defaults to the classifier's size in the file. Every key and shape is checked; all
   mismatches are listed in one ValueError.
   """
+  if models.family(model)[1] is not models.HATNet:
+    raise ValueError(f'from_pytorch converts HAT-Net classifiers; got {model!r} (use from_mmseg for semfpn_*)')
   if isinstance(path_or_state_dict, (str, os.PathLike)):
     state = load_state_dict(path_or_state_dict)
   else:

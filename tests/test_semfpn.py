@@ -158,6 +158,8 @@ def test_from_mmseg_lists_all_mismatches(micro_pair):
     convert.from_mmseg(sd, 'semfpn_hatnet_tiny')
   with pytest.raises(ValueError, match='semfpn'):
     convert.from_mmseg(sd, 'hatnet_tiny', **MICRO)
+  with pytest.raises(ValueError, match='from_mmseg'):
+    convert.from_pytorch(sd, 'semfpn_hatnet_tiny', **MICRO)
   assert convert.from_mmseg(sd, 'semfpn_hatnet_tiny', num_classes=150, **MICRO)['params']['neck']
 
 
