@@ -214,3 +214,13 @@ def test_resizes_equal_torch_interpolate(src, dst):
   np.testing.assert_allclose(np.asarray(resize.bilinear(xh, dst)), ref_bi.numpy().transpose(0, 2, 3, 1),
                              atol=2e-6, rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(resize.nearest(xh, dst)), ref_nn.numpy().transpose(0, 2, 3, 1))
+
+
+def test_bfloat16_compute_keeps_float32_params_norms_and_logits():
+  kw = dict(num_classes=5, **MICRO)
+  f32, bf16 = (models.create('semfpn_hatnet_tiny', dtype=d, **kw) for d in ('float32', 'bfloat16'))
+  x = jax.random.normal(jax.random.key(0), (1, 72, 88, 3))
+  v = jax.jit(lambda: f32.init(jax.random.key(1), x, train=False))()
+  a, b = (np.asarray(jax.jit(lambda v, x, m=m: m.apply(v, x, train=False))(v, x)) for m in (f32, bf16))
+  assert b.dtype == np.float32 and b.shape == (1, 72, 88, 5)
+  assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
