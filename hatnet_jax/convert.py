@@ -1,7 +1,9 @@
-"""Official PyTorch HAT-Net weights (HAT-Net_Tiny.pth ...) -> Flax params, and a command line that writes them
-as an orbax checkpoint the trainer can start from (`config.init_from`).
+"""Official PyTorch HAT-Net weights (HAT-Net_Tiny.pth ...) -> Flax params, mmseg Semantic FPN checkpoints ->
+Flax params + batch_stats, and a command line that writes either as an orbax checkpoint the trainer can start
+from (`config.init_from`).
 
     python -m hatnet_jax.convert --model=hatnet_tiny --input=HAT-Net_Tiny.pth --output=DIR
+    python -m hatnet_jax.convert --task=segmentation --model=semfpn_hatnet_tiny --input=fpn.pth --output=DIR
 
 torch is imported only to read a .pth file; a state dict of numpy arrays converts without it.
 """
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hatnet_jax import models
+from hatnet_jax.models import semfpn
 
 # Allocated by the official Attention module but never used in its forward pass; accepted and dropped.
 _UNUSED = ('.attn.proj_norm.weight', '.attn.proj_norm.bias')
@@ -32,7 +35,7 @@ def _same(w):
   return w
 
 
-def _layout(variant: models.Variant) -> dict[str, tuple[tuple[str, ...], int | None, Any]]:
+def _layout(variant: models.Variant, classifier: bool = True) -> dict[str, tuple[tuple[str, ...], int | None, Any]]:
   """Official state-dict key -> (Flax param path, index along the scanned block axis or None, transform)."""
   table = {}
 
@@ -67,8 +70,81 @@ def _layout(variant: models.Variant) -> dict[str, tuple[tuple[str, ...], int | N
       layer(f'{t}.conv.conv2.0', base + ('conv', 'dwconv'), _conv, i, bias=False)
       layer(f'{t}.conv.conv3.0', base + ('conv', 'fc2'), _pointwise, i, bias=False)
       norm(f'{t}.conv.conv3.1', base + ('conv', 'norm2'), i)
-  layer('classifier.1', ('head',), _pointwise)
+  if classifier:
+    layer('classifier.1', ('head',), _pointwise)
   return table
+
+
+Layout = dict[str, tuple[str, tuple[str, ...], int | None, Any]]  # key -> (collection, path, index, transform)
+
+
+def _seg_layout(variant: models.Variant, strides=(4, 8, 16, 32)) -> Layout:
+  """mmseg EncoderDecoder (HAT-Net + FPN + FPNHead) state-dict key -> where it goes in SemanticFPN's variables."""
+  table = {'backbone.' + k: ('params', ('backbone',) + path, index, t)
+           for k, (path, index, t) in _layout(variant, classifier=False).items()}
+
+  def conv(torch_prefix, path, bias=True):
+    table[torch_prefix + '.weight'] = ('params', path + ('kernel',), None, _conv)
+    if bias:
+      table[torch_prefix + '.bias'] = ('params', path + ('bias',), None, _same)
+
+  for i in range(len(variant.dims)):
+    conv(f'neck.lateral_convs.{i}.conv', ('neck', f'lateral_convs_{i}'))
+    conv(f'neck.fpn_convs.{i}.conv', ('neck', f'fpn_convs_{i}'))
+  for i, n in enumerate(semfpn.head_lengths(strides)):
+    for k in range(n):
+      j = 2 * k if strides[i] != strides[0] else k  # the parameter-free Upsample modules sit at odd indices
+      t, base = f'decode_head.scale_heads.{i}.{j}', ('decode_head', f'scale_heads_{i}_{k}')
+      conv(f'{t}.conv', base + ('conv',), bias=False)
+      for torch_name, collection, name in [('weight', 'params', 'scale'), ('bias', 'params', 'bias'),
+                                           ('running_mean', 'batch_stats', 'mean'),
+                                           ('running_var', 'batch_stats', 'var')]:
+        table[f'{t}.bn.{torch_name}'] = (collection, base + ('bn', name), None, _same)
+  conv('decode_head.conv_seg', ('decode_head', 'conv_seg'))
+  return table
+
+
+def _fill(state: Mapping[str, np.ndarray], layout: Layout, expected: Mapping, ignored, what: str) -> dict:
+  """Places every state entry by `layout` into trees shaped as `expected` ({collection: tree of shapes}).
+
+  Keys for which ignored(key) is true are dropped. Missing, unexpected and wrongly shaped entries are all
+  collected into one ValueError headed by `what`.
+  """
+  problems = []
+  missing = sorted(k for k in layout if k not in state)
+  unexpected = sorted(k for k in state if k not in layout and not ignored(k))
+  if missing:
+    problems.append(f'missing keys: {missing}')
+  if unexpected:
+    problems.append(f'unexpected keys: {unexpected}')
+
+  stacked: dict[tuple[str, ...], np.ndarray] = {}
+  for key, (collection, path, index, transform) in layout.items():
+    if key not in state:
+      continue
+    target = expected[collection]
+    for p in path:
+      target = target[p]
+    shape = target.shape[1:] if index is not None else target.shape
+    value = transform(state[key])
+    if value.shape != tuple(shape):
+      problems.append(f'{key}: shape {tuple(state[key].shape)} converts to {value.shape}, '
+                      f'but {"/".join(path)} needs {tuple(shape)}')
+      continue
+    if index is None:
+      stacked[(collection,) + path] = value
+    else:
+      stacked.setdefault((collection,) + path, np.zeros(target.shape, np.float32))[index] = value
+  if problems:
+    raise ValueError(f'checkpoint does not match {what}:\n  ' + '\n  '.join(problems))
+
+  out: dict = {}
+  for path, value in stacked.items():
+    node = out
+    for p in path[:-1]:
+      node = node.setdefault(p, {})
+    node[path[-1]] = value
+  return out
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -81,10 +157,12 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _unwrap(obj) -> dict[str, np.ndarray]:
-  if isinstance(obj, Mapping) and 'model' in obj and isinstance(obj['model'], Mapping):
-    obj = obj['model']  # a training checkpoint: {'model': state_dict, 'optimizer': ..., ...}
+  for wrapper in ('model', 'state_dict'):  # DeiT-style {'model': ...}; mmcv/mmseg {'state_dict': ..., 'meta': ...}
+    if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
+      obj = obj[wrapper]
+      break
   if not isinstance(obj, Mapping):
-    raise ValueError(f'expected a state dict (or one under "model"), got {type(obj).__name__}')
+    raise ValueError(f'expected a state dict (or one under "model" or "state_dict"), got {type(obj).__name__}')
   out = {}
   for k, v in obj.items():
     k = k[len('module.'):] if k.startswith('module.') else k  # saved from DistributedDataParallel
@@ -99,6 +177,8 @@ def from_pytorch(path_or_state_dict, model: str, num_classes: int | None = None,
   num_classes defaults to the classifier's size in the file. Every key and shape is checked; all
   mismatches are listed in one ValueError.
   """
+  if models.family(model)[1] is not models.HATNet:
+    raise ValueError(f'from_pytorch converts HAT-Net classifiers; got {model!r} (use from_mmseg for semfpn_*)')
   if isinstance(path_or_state_dict, (str, os.PathLike)):
     state = load_state_dict(path_or_state_dict)
   else:
@@ -108,64 +188,72 @@ def from_pytorch(path_or_state_dict, model: str, num_classes: int | None = None,
       raise ValueError('no classifier.1.weight in the state dict: is this a HAT-Net checkpoint?')
     num_classes = state['classifier.1.weight'].shape[0]
   net = models.create(model, num_classes=num_classes, **overrides)
-  expected = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))['params']
-  layout = _layout(net.variant)
-
-  problems = []
-  missing = sorted(k for k in layout if k not in state)
-  unexpected = sorted(k for k in state if k not in layout and not k.endswith(_UNUSED))
-  if missing:
-    problems.append(f'missing keys: {missing}')
-  if unexpected:
-    problems.append(f'unexpected keys: {unexpected}')
-
-  stacked: dict[tuple[str, ...], np.ndarray] = {}
-  for key, (path, index, transform) in layout.items():
-    if key not in state:
-      continue
-    target = expected
-    for p in path:
-      target = target[p]
-    shape = target.shape[1:] if index is not None else target.shape
-    value = transform(state[key])
-    if value.shape != tuple(shape):
-      problems.append(f'{key}: shape {tuple(state[key].shape)} converts to {value.shape}, '
-                      f'but {"/".join(path)} of {model} needs {tuple(shape)}')
-      continue
-    if index is None:
-      stacked[path] = value
-    else:
-      stacked.setdefault(path, np.zeros(target.shape, np.float32))[index] = value
-  if problems:
-    raise ValueError(f'checkpoint does not match {model} (num_classes={num_classes}):\n  ' + '\n  '.join(problems))
-
-  params: dict = {}
-  for path, value in stacked.items():
-    node = params
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[path[-1]] = value
-  return params
+  expected = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  layout = {k: ('params',) + v for k, v in _layout(net.variant).items()}
+  return _fill(state, layout, expected, lambda k: k.endswith(_UNUSED),
+               f'{model} (num_classes={num_classes})')['params']
 
 
-def save(params, directory: str | os.PathLike) -> None:
-  """Writes {'params': params} as an orbax PyTree checkpoint (what `config.init_from` reads)."""
+def from_mmseg(path_or_state_dict, model: str, num_classes: int | None = None, **overrides) -> dict:
+  """An mmseg HAT-Net + Semantic FPN checkpoint -> {'params', 'batch_stats'} of `models.create(model, ...)`.
+
+  model is a 'semfpn_*' name. Takes a .pth path (read with weights_only=True) or a state dict, plain or
+  wrapped under "state_dict" as mmcv saves it. num_classes defaults to conv_seg's size in the file. The
+  backbone is in the official HAT-Net layout under 'backbone.'; BN running statistics go to batch_stats;
+  num_batches_tracked and the backbone's unused proj_norm are dropped. Anything else that does not map
+  (an auxiliary head, say) is an error: all mismatches are listed in one ValueError.
+  """
+  if models.family(model)[1] is not models.SemanticFPN:
+    raise ValueError(f'from_mmseg converts Semantic FPN models (semfpn_*); got {model!r}')
+  if isinstance(path_or_state_dict, (str, os.PathLike)):
+    state = load_state_dict(path_or_state_dict)
+  else:
+    state = _unwrap(path_or_state_dict)
+  if num_classes is None:
+    if 'decode_head.conv_seg.weight' not in state:
+      raise ValueError('no decode_head.conv_seg.weight in the state dict: is this an mmseg Semantic FPN checkpoint?')
+    num_classes = state['decode_head.conv_seg.weight'].shape[0]
+  net = models.create(model, num_classes=num_classes, **overrides)
+  expected = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  layout = _seg_layout(net.variant)
+
+  def ignored(key):
+    if key.endswith('.num_batches_tracked'):
+      return key[:-len('num_batches_tracked')] + 'running_mean' in layout
+    return key.startswith('backbone.') and key.endswith(_UNUSED)
+
+  return _fill(state, layout, expected, ignored, f'{model} (num_classes={num_classes})')
+
+
+def save(params, directory: str | os.PathLike, batch_stats=None) -> None:
+  """Writes {'params': params} (and 'batch_stats' if given) as an orbax PyTree checkpoint (`config.init_from`)."""
   import orbax.checkpoint as ocp
   ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.abspath(os.fspath(directory)), {'params': params})
+  tree = {'params': params} if batch_stats is None else {'params': params, 'batch_stats': batch_stats}
+  ckptr.save(os.path.abspath(os.fspath(directory)), tree)
   ckptr.wait_until_finished()
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--model', required=True, choices=models.names())
-  parser.add_argument('--input', required=True, help='official .pth file')
+  parser.add_argument('--task', default='classification', choices=('classification', 'segmentation'),
+                      help='classification: official HAT-Net .pth; segmentation: mmseg Semantic FPN .pth')
+  parser.add_argument('--input', required=True, help='official HAT-Net .pth, or mmseg checkpoint for segmentation')
   parser.add_argument('--output', required=True, help='directory for the orbax checkpoint (must not exist)')
   args = parser.parse_args(argv)
   if os.path.exists(args.output):
     parser.error(f'--output {args.output} already exists; choose a new directory')
-  params = from_pytorch(args.input, args.model)
-  save(params, args.output)
+  segmentation = models.family(args.model)[1] is models.SemanticFPN
+  if segmentation != (args.task == 'segmentation'):
+    parser.error(f'--model {args.model} does not fit --task={args.task} (segmentation models are semfpn_*)')
+  if segmentation:
+    variables = from_mmseg(args.input, args.model)
+    params = variables['params']
+    save(params, args.output, batch_stats=variables['batch_stats'])
+  else:
+    params = from_pytorch(args.input, args.model)
+    save(params, args.output)
   count = sum(np.size(x) for x in jax.tree.leaves(params))
   print(f'wrote {args.model} ({count:,} parameters) to {os.path.abspath(args.output)}')
 

@@ -1,15 +1,32 @@
-"""HAT-Net models: `create(name, ...)` builds a variant from the table in `variants`."""
+"""HAT-Net models: `create(name, ...)` builds a model family on a backbone variant from the table in `variants`.
+
+Names are a family prefix + a variant name: 'hatnet_tiny' (classifier), 'semfpn_hatnet_tiny' (Semantic FPN).
+"""
 import jax.numpy as jnp
 
 from hatnet_jax.models.attention import HMHSA, local_attention
 from hatnet_jax.models.hatnet import HATNet
+from hatnet_jax.models.semfpn import SemanticFPN, backbone_params_from_classifier
 from hatnet_jax.models.variants import PARAM_COUNTS, VARIANTS, Variant, get_variant
 
-__all__ = ['HATNet', 'HMHSA', 'PARAM_COUNTS', 'VARIANTS', 'Variant', 'create', 'get_variant', 'local_attention',
-           'names']
+__all__ = ['FAMILIES', 'HATNet', 'HMHSA', 'PARAM_COUNTS', 'SemanticFPN', 'VARIANTS', 'Variant',
+           'backbone_params_from_classifier', 'create', 'family', 'get_variant', 'local_attention', 'names']
+
+# Name prefix -> model class; the rest of the name is a row of VARIANTS. Every class takes the variant first
+# and the keyword fields that `create` passes.
+FAMILIES = {'semfpn_': SemanticFPN, '': HATNet}
+
 
 def names() -> list[str]:
-  return sorted(VARIANTS)
+  return sorted(prefix + v for prefix in FAMILIES for v in VARIANTS)
+
+
+def family(name: str) -> tuple[str, type]:
+  """(backbone variant name, model class) of a model name; ValueError if it names no model."""
+  if name not in names():
+    raise ValueError(f'unknown model {name!r}; choose one of {names()}')
+  prefix = next(p for p in FAMILIES if name.startswith(p) and name[len(p):] in VARIANTS)
+  return name[len(prefix):], FAMILIES[prefix]
 
 
 def _dtype(d, field):
@@ -21,21 +38,28 @@ def _dtype(d, field):
 
 
 def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, drop_rate: float = 0.0,
-           head_drop_rate: float = 0.2, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
-           unroll: bool = False, attention_impl: str | None = None, depthwise_impl: str = 'auto', **overrides) -> HATNet:
-  """HAT-Net variant `name` ('hatnet_tiny', ...); `overrides` replace fields of its table row (e.g. dims).
+           head_drop_rate: float | None = None, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
+           unroll: bool = False, attention_impl: str | None = None, depthwise_impl: str = 'auto',
+           **overrides) -> HATNet | SemanticFPN:
+  """Model `name` ('hatnet_tiny', 'semfpn_hatnet_tiny', ... see names()); `overrides` replace fields of the
+  backbone's table row (e.g. dims).
 
   dtype is the compute dtype ('float32' or 'bfloat16'), param_dtype that of the parameters.
   remat rematerialises each block in the backward pass; unroll unrolls the scan over a stage's blocks
   (longer compiles; XLA's cost analysis then counts every block).
+  head_drop_rate: dropout before the classifier / conv_seg; None takes the family's default (0.2 for
+  the classifier as the official model, 0.1 for Semantic FPN as mmseg).
   attention_impl: None/'' (JAX chooses), 'xla', or 'cudnn' (flash attention on GPU).
   """
-  variant = get_variant(name, **overrides)
-  if not 0.0 <= drop_path_rate < 1.0 or not 0.0 <= drop_rate < 1.0 or not 0.0 <= head_drop_rate < 1.0:
+  variant_name, cls = family(name)
+  variant = get_variant(variant_name, **overrides)
+  head = {} if head_drop_rate is None else {'head_drop_rate': head_drop_rate}
+  rates = (drop_path_rate, drop_rate, head_drop_rate or 0.0)
+  if not all(0.0 <= r < 1.0 for r in rates):
     raise ValueError(f'drop rates must lie in [0, 1); got drop_path_rate={drop_path_rate}, '
                      f'drop_rate={drop_rate}, head_drop_rate={head_drop_rate}')
   if attention_impl not in (None, '', 'xla', 'cudnn'):
     raise ValueError(f"attention_impl must be '', 'xla' or 'cudnn'; got {attention_impl!r}")
-  return HATNet(variant, num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate,
-                head_drop_rate=head_drop_rate, remat=remat, unroll=unroll, attention_impl=attention_impl or None,
-                depthwise_impl=depthwise_impl, dtype=_dtype(dtype, 'dtype'), param_dtype=_dtype(param_dtype, 'param_dtype'))
+  return cls(variant, num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate, **head,
+             remat=remat, unroll=unroll, attention_impl=attention_impl or None, depthwise_impl=depthwise_impl,
+             dtype=_dtype(dtype, 'dtype'), param_dtype=_dtype(param_dtype, 'param_dtype'))
