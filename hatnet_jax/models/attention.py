@@ -64,7 +64,8 @@ def local_attention(qkv, num_heads: int, grid: int, impl=None, force_mask: bool 
   win = qkv.reshape(b, nh, grid, nw, grid, c3).transpose(0, 1, 3, 2, 4, 5)
   win = win.reshape(b * nh * nw, grid * grid, 3, num_heads, c3 // (3 * num_heads))
   if mask is not None:
-    mask = jnp.asarray(np.tile(mask, (b, 1))[:, None, None, :])  # (b*windows, 1, 1, G*G): keys only
+    # (b*windows, 1, 1, G*G): keys only. broadcast_to, not np.tile: b may be symbolic (jax.export).
+    mask = jnp.broadcast_to(jnp.asarray(mask)[None], (b,) + mask.shape).reshape(-1, 1, 1, mask.shape[-1])
   if return_weights:
     out, weights = _attend_explicit(win[:, :, 0], win[:, :, 1], win[:, :, 2], mask)
   else:
