@@ -50,12 +50,13 @@ class Block(nn.Module):
   depthwise_impl: str = 'auto'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  sow_attention: bool = False
 
   @nn.compact
   def __call__(self, x, drop_path_rate):
     kw = dict(drop_rate=self.drop_rate, dtype=self.dtype, param_dtype=self.param_dtype)
     y = HMHSA(self.dim, self.head_dim, self.grid_size, self.ds_ratio, attention_impl=self.attention_impl,
-              name='attn', **kw)(x, self.train)
+              sow_attention=self.sow_attention, name='attn', **kw)(x, self.train)
     x = x + layers.drop_path(self, y, drop_path_rate, not self.train)
     y = InvertedResidual(self.dim, self.expansion, self.kernel_size, depthwise_impl=self.depthwise_impl,
                          name='conv', **kw)(x, self.train)
@@ -73,7 +74,10 @@ class Stage(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     block_cls = nn.remat(Block, prevent_cse=False) if self.remat else Block
-    blocks = nn.scan(block_cls, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+    axes = {'params': 0}
+    if self.block.get('sow_attention'):
+      axes['intermediates'] = 0  # attention weights, stacked over the blocks
+    blocks = nn.scan(block_cls, variable_axes=axes, split_rngs={'params': True, 'dropout': True},
                      in_axes=0, length=len(self.drop_path_rates),
                      unroll=len(self.drop_path_rates) if self.unroll else 1)
     x, _ = blocks(train=train, name='blocks', **self.block)(x, jnp.asarray(self.drop_path_rates, jnp.float32))
@@ -97,6 +101,8 @@ class HATNet(nn.Module):
   depthwise_impl: str = 'auto'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  # Attention maps (hatnet_jax.attention_maps): explicit softmax, weights sown into 'intermediates'.
+  sow_attention: bool = False
 
   def _conv(self, features: int, name: str):
     return nn.Conv(features, (3, 3), strides=2, padding=((1, 1), (1, 1)), dtype=self.dtype,
@@ -123,6 +129,8 @@ class HATNet(nn.Module):
                    expansion=v.expansions[i], kernel_size=v.kernel_sizes[i], drop_rate=self.drop_rate,
                    attention_impl=self.attention_impl, depthwise_impl=self.depthwise_impl, dtype=self.dtype,
                    param_dtype=self.param_dtype)
+      if self.sow_attention:
+        block['sow_attention'] = True
       x = Stage(block, tuple(float(r) for r in rates[start:start + v.depths[i]]), self.remat,
                 self.unroll, name=f'stage{i + 1}')(x, train)
       maps.append(x)
