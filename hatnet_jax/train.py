@@ -28,6 +28,7 @@ from hatnet_jax import models
 from hatnet_jax import monitor
 from hatnet_jax import optim
 from hatnet_jax import preemption
+from hatnet_jax import run_record
 from hatnet_jax import schedule
 
 DATA_AXIS = 'data'
@@ -338,6 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   ckpt = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints,
                                       keep_best=config.keep_best_checkpoint)
   train_it = None
+  record = run_record.RunRecord(workdir, active=config.mode == 'train')  # DIR/run.json
+  run_status, run_error = 'finished', None
   try:
     abstract_state, shardings = abstract_train_state(config, model, tx, mesh)
     p_eval_step = jit_eval_step(model, mesh, shardings)
@@ -362,6 +365,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                      100 * metrics[f'eval_ema_top{TOP_K}'])
       return state
 
+    record.start(num_steps=num_steps, steps_per_epoch=durations['steps_per_epoch'], task='classification',
+                 hparams=monitor.hparams(config), step=start_step)
     if start_step == 0:
       writer.write_hparams(monitor.hparams(config))
     p_train_step = jit_train_step(config, model, tx, learning_rate_fn, mesh, shardings, info.num_classes)
@@ -397,6 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         summary['epoch'] = done / durations['steps_per_epoch']
         summary['train_skipped_images'] = train_it.num_skipped
         writer.write_scalars(done, summary)
+        record.update(step=done)
         pending, t_interval, steps_interval = [], time.time(), 0
         if (error := _nonfinite_error(state, ckpt)) is not None:
           raise error
@@ -406,6 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         with progress.timed('eval'):
           eval_metrics = evaluate(p_eval_step, state, config, mesh)
         writer.write_scalars(done, eval_metrics)
+        record.update(step=done, eval_metrics=eval_metrics, best_metric_name='eval_top1')
         logging.info('Eval at step %d: top-1 %.2f%%, top-%d %.2f%%', done, 100 * eval_metrics['eval_top1'],
                      TOP_K, 100 * eval_metrics[f'eval_top{TOP_K}'])
 
@@ -416,14 +423,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           raise error
         best = None if eval_metrics is None else {checkpoint.BEST_METRIC: eval_metrics['eval_top1']}
         ckpt.save(done, state, metrics=best)
+        record.update(step=done, checkpoint_step=done)
       if preempted:
+        run_status = 'preempted'
         logging.warning('Preempted: saved a checkpoint at step %d in %s; exiting.', done, ckpt.directory)
         break
     writer.flush()
     return state
+  except BaseException as e:
+    run_status, run_error = run_record.status_of(e)
+    raise
   finally:
     if train_it is not None:
       train_it.close()
     ckpt.close()
     watcher.close()
     writer.close()
+    record.finish(run_status, run_error)  # after the checkpoints and metrics are on disk
