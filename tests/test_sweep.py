@@ -440,7 +440,7 @@ def test_digits_sweep_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_sweep_through_submitit_local(tmp_path):
+def test_digits_sweep_through_submitit_local(tmp_path, digits_data_dir):
   """--launcher=submitit_local: the slurm launcher's code path (submit, wait, record, summarise) with
   submitit's LocalExecutor; a real 2-point digits sweep, then a relaunch that changes nothing."""
   pytest.importorskip('submitit')
@@ -448,7 +448,7 @@ def test_digits_sweep_through_submitit_local(tmp_path):
   workdir = str(tmp_path / 'sweep')
   flags = [f'--config={TINY}', f'--workdir={workdir}', '--config.num_steps=4', '--config.eval_every_steps=2',
            '--config.checkpoint_every_steps=2', '--config.log_images_every_steps=0',
-           f'--config.data.data_dir={tmp_path / "tfds"}', '--launcher=submitit_local', '--slurm_time=20',
+           f'--config.data.data_dir={digits_data_dir}', '--launcher=submitit_local', '--slurm_time=20',
            f'--sweep={tmp_path / "grid.py"}']
   env = _env(tmp_path)
   out = _sweep_cli(*flags, env=env, timeout=TIMEOUT)

@@ -113,15 +113,18 @@ def _active_job(executor, job_id: str | None):
 
 
 def _returncode(job) -> tuple[int, str]:
-  """(exit status of main.py, error) of a finished job: 0, or parsed from the job's failure."""
+  """(exit status of main.py, error of the job itself) of a finished job: (0, ''), (N, '') when main.py
+  exited with status N, (1, the job's exception) when the job failed otherwise (cancelled, killed...)."""
   try:
     job.result()
     return 0, ''
   except Exception as e:  # pylint: disable=broad-except
     text = str(e)
     m = re.search(r'main\.py exited with status (-?\d+)', text)
-    lines = [l for l in text.strip().splitlines() if l.strip()]
-    return (int(m.group(1)) if m else 1), (lines[-1] if lines else type(e).__name__)
+    if m:  # main.py ran and failed: its log says why
+      return int(m.group(1)), ''
+    lines = [l.strip() for l in text.strip().splitlines() if l.strip()]  # the job itself failed
+    return 1, f'{type(e).__name__}: ' + ' | '.join(lines[:3])
 
 
 def run_sweep(points: Sequence[Point], workdir: str, options: SlurmOptions, *, wait: bool = True,
@@ -177,7 +180,7 @@ def run_sweep(points: Sequence[Point], workdir: str, options: SlurmOptions, *, w
         returncode, job_error = _returncode(job)
         status, error = state.outcome(point, returncode, start, state.log_tail(
             os.path.join(point.workdir, state.LOG_FILE)))
-        if status == 'failed' and returncode == 1 and job_error and 'exited with status' not in job_error:
+        if status == 'failed' and job_error:
           error = f'job failed: {job_error}; {error}'
         data = state.read_status(point.workdir)
         data.update(status=status, error=error)
