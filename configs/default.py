@@ -100,4 +100,7 @@ def get_config():
   c.profile_num_steps = 5
   c.log_images_every_steps = 0  # > 0: write a sample of augmented training images (also at the first step)
   c.log_images_count = 8
+  # > 0: at each evaluation, write the local and global attention (stage 1, block 0) of a few query points
+  # of this many eval images to TensorBoard (hatnet_jax.attention_maps).
+  c.log_attention_maps = 0
   return c

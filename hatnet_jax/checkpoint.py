@@ -281,6 +281,12 @@ def has_steps(directory: str) -> bool:
   return bool(_steps_in(directory))
 
 
+def saved_collections(path: str) -> list[str]:
+  """The top-level entries of the PyTree checkpoint at `path` ('params', 'batch_stats', ...)."""
+  saved = _read_metadata(check_pretrained_path(path))
+  return sorted(saved) if isinstance(saved, Mapping) else []
+
+
 def check_pretrained_path(path: str) -> str:
   """The absolute path if `path` is an orbax PyTree checkpoint (config.init_from); otherwise a
   FileNotFoundError/ValueError that says which paths would work."""
@@ -304,7 +310,7 @@ def check_pretrained_path(path: str) -> str:
 
 
 def load_params(path: str, params: Any, *, reinit: Sequence[str] = ('head',), require_all: bool = False,
-                prefix: Sequence[str] = ()) -> Any:
+                prefix: Sequence[str] | None = None, collection: str = 'params') -> Any:
   """`params` (concrete jax.Arrays, e.g. freshly initialised) with values from the orbax PyTree at `path`.
 
   `path` holds {'params': ...}, as written by `python -m hatnet_jax.convert`, or is a training
@@ -313,21 +319,28 @@ def load_params(path: str, params: Any, *, reinit: Sequence[str] = ('head',), re
   head for another number of classes. Every other leaf must be in the checkpoint with the same shape.
   With `require_all` (evaluation), no leaf may be missing. `prefix` reads the checkpoint's parameters
   into the subtree `params[prefix...]` only (e.g. ('backbone',): a classifier's weights into a
-  segmentation model's backbone). Values are cast to the dtype of `params` and placed with its shardings.
+  segmentation model's backbone; the default picks that when `params` has a 'backbone' and the checkpoint
+  has none). `collection` reads another top-level entry than 'params' (e.g. 'batch_stats').
+  Values are cast to the dtype of `params` and placed with its shardings.
   """
   path = check_pretrained_path(path)
   checkpointer = ocp.PyTreeCheckpointer()
   saved = _read_metadata(path)
-  if not isinstance(saved, Mapping) or 'params' not in saved:
-    raise ValueError(f'config.init_from={path} is not a checkpoint of {{"params": ...}} (as written by '
+  if not isinstance(saved, Mapping) or collection not in saved:
+    raise ValueError(f'config.init_from={path} is not a checkpoint of {{"{collection}": ...}} (as written by '
                      f'hatnet_jax.convert); its top-level keys: '
                      f'{sorted(saved) if isinstance(saved, Mapping) else type(saved).__name__}')
-  saved = traverse_util.flatten_dict(saved['params'])
+  if prefix is None:
+    prefix = ('backbone',) if 'backbone' in params and 'backbone' not in saved[collection] else ()
+  saved = traverse_util.flatten_dict(saved[collection])
   prefix = tuple(prefix)
   target = traverse_util.flatten_dict(params)
   item, fresh = {}, []
   for keys, leaf in target.items():
     if keys[:len(prefix)] != prefix:
+      if require_all:
+        raise ValueError(f'config.init_from={path} holds only the {"/".join(prefix)} of the model, but evaluation '
+                         f'needs every parameter ({"/".join(keys)} is not in it)')
       fresh.append('/'.join(keys))
       continue
     rel = keys[len(prefix):]
@@ -342,10 +355,11 @@ def load_params(path: str, params: Any, *, reinit: Sequence[str] = ('head',), re
                        f'number of classes (config.model, dataset)?')
     fresh.append(f'{"/".join(keys)} (checkpoint: {found}, model: {tuple(leaf.shape)})')
   if fresh:
-    logging.info('Pretrained weights from %s; freshly initialised: %s', path, ', '.join(fresh))
+    shown = fresh if len(fresh) <= 12 else fresh[:12] + [f'... ({len(fresh)} in all)']
+    logging.info('Pretrained %s from %s; freshly initialised: %s', collection, path, ', '.join(shown))
   item = traverse_util.unflatten_dict(item)
   restore_args = ocp.checkpoint_utils.construct_restore_args(item)
   restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item={'params': item}, restore_args={'params': restore_args}, partial_restore=True))['params']
+      item={collection: item}, restore_args={collection: restore_args}, partial_restore=True))[collection]
   restored = {prefix + k: v for k, v in traverse_util.flatten_dict(restored).items()}
   return traverse_util.unflatten_dict({k: restored.get(k, v) for k, v in target.items()})

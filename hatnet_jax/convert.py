@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from hatnet_jax import models
 from hatnet_jax.models import semfpn
@@ -118,13 +119,12 @@ def _fill(state: Mapping[str, np.ndarray], layout: Layout, expected: Mapping, ig
   if unexpected:
     problems.append(f'unexpected keys: {unexpected}')
 
+  flat_expected = traverse_util.flatten_dict(dict(expected))
   stacked: dict[tuple[str, ...], np.ndarray] = {}
   for key, (collection, path, index, transform) in layout.items():
     if key not in state:
       continue
-    target = expected[collection]
-    for p in path:
-      target = target[p]
+    target = flat_expected[(collection,) + path]
     shape = target.shape[1:] if index is not None else target.shape
     value = transform(state[key])
     if value.shape != tuple(shape):
@@ -138,13 +138,7 @@ def _fill(state: Mapping[str, np.ndarray], layout: Layout, expected: Mapping, ig
   if problems:
     raise ValueError(f'checkpoint does not match {what}:\n  ' + '\n  '.join(problems))
 
-  out: dict = {}
-  for path, value in stacked.items():
-    node = out
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[path[-1]] = value
-  return out
+  return traverse_util.unflatten_dict(stacked)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

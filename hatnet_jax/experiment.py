@@ -100,10 +100,18 @@ class Experiment:
     require_all (evaluation): every parameter, the head included, must come from config.init_from."""
     init = jax.jit(_init_fn(self.config, self.task, self.model, self.tx), out_shardings=self.shardings)
     state = init(jax.random.PRNGKey(self.config.seed))
-    if self.config.init_from:
-      params = checkpoint.load_params(self.config.init_from, state.params, require_all=require_all)
+    path = self.config.init_from
+    if path:
+      params = checkpoint.load_params(path, state.params, require_all=require_all)
       # The optimizer state at step 0 does not depend on the parameter values (zeros), so it stays.
       state = state.replace(params=params, ema_params=params if state.ema_params is not None else None)
+      saved = checkpoint.saved_collections(path)
+      model_state = {name: checkpoint.load_params(path, tree, require_all=True, collection=name)
+                     if name in saved else tree for name, tree in state.model_state.items()}
+      missing = [name for name in state.model_state if name not in saved]
+      if missing and require_all:
+        raise ValueError(f'config.init_from={path} has no {", ".join(missing)}, which evaluation needs')
+      state = state.replace(model_state=model_state)
     return state
 
 

@@ -14,9 +14,10 @@ from flax import traverse_util
 
 
 def create_writer(workdir: str):
-  """clu writer: TensorBoard event files in `workdir` plus the log on process 0; the log only elsewhere."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  """clu writer: TensorBoard event files and DIR/metrics.jsonl in `workdir` plus the log on process 0; the
+  log only elsewhere."""
+  from hatnet_jax import run_record  # pylint: disable=g-import-not-at-top
+  return run_record.create_writer(workdir)
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from hatnet_jax import checkpoint
 from hatnet_jax import experiment
 from hatnet_jax import monitor
 from hatnet_jax import preemption
+from hatnet_jax import run_record
 from hatnet_jax import steps
 
 
@@ -143,6 +144,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   exp = experiment.Experiment.create(config)  # every settings error surfaces here, before compiling
   workdir = prepare_workdir(workdir)
   _log_run(exp, 'Training')
+  record = run_record.RunRecord(workdir)  # DIR/run.json: what sweeps and other tools read
+  try:
+    state, loop = _train(exp, workdir, record)
+  except BaseException as e:
+    record.fail(e)
+    raise
+  record.finish('finished' if loop.stopped is None else 'interrupted' if loop.watcher.interrupted else 'preempted',
+                step=int(jax.device_get(state.step)))
+  loop.report_end(state)
+  return state
+
+
+def _train(exp, workdir, record):
+  """The body of `train_and_evaluate`: (final state, the loop)."""
+  config = exp.config
   with contextlib.ExitStack() as stack:  # closed in reverse: data threads, checkpoints, writer, signals
     watcher = stack.enter_context(preemption.StopWatcher())
     writer = monitor.create_writer(workdir)
@@ -153,21 +169,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     state = ckpt.restore_latest(exp.abstract_state)
     state = exp.init_state() if state is None else state
     start_step = int(jax.device_get(state.step))
+    hparams = monitor.hparams(config)
     if start_step == 0:
-      writer.write_hparams(monitor.hparams(config))
+      writer.write_hparams(hparams)
+    record.start(num_steps=exp.num_steps, steps_per_epoch=exp.steps_per_epoch, task=exp.task.name, hparams=hparams,
+                 step=start_step)
     train_it = exp.task.train_iterator(exp.mesh, start_step)
     stack.callback(train_it.close)
-    loop = _Loop(exp, workdir, writer, ckpt, watcher, train_it, start_step)
+    loop = _Loop(exp, workdir, writer, ckpt, watcher, train_it, start_step, record)
     state = loop.run(state)
-  loop.report_end(state)
-  return state
+  return state, loop
 
 
 class _Loop:
   """The step loop of `train_and_evaluate`, with its periodic actions as methods."""
 
-  def __init__(self, exp, workdir, writer, ckpt, watcher, train_it, start_step):
+  def __init__(self, exp, workdir, writer, ckpt, watcher, train_it, start_step, record):
     self.exp, self.config, self.writer, self.ckpt, self.watcher = exp, exp.config, writer, ckpt, watcher
+    self.record = record
     self.train_it, self.start_step = train_it, start_step
     self.progress = monitor.Progress(start_step, exp.num_steps, self.config.batch_size)
     self.profile = monitor.create_profile_hook(self.config, workdir)
@@ -216,6 +235,7 @@ class _Loop:
     summary['epoch'] = done / self.exp.steps_per_epoch
     summary['train_skipped_images'] = self.train_it.num_skipped
     self.writer.write_scalars(done, summary)
+    self.record.update(step=done)
     self.progress.log(done)
     self.pending, self.t_interval, self.steps_interval = [], time.time(), 0
     if (error := _nonfinite_error(state, self.ckpt)) is not None:
@@ -223,22 +243,26 @@ class _Loop:
 
   def _checkpoint_and_eval(self, state, done):
     config, exp = self.config, self.exp
+    t0 = time.time()
     evaluating = done % exp.eval_every == 0 or done == exp.num_steps
     stopping = self.watcher.reached(done)
     if stopping or evaluating or done % config.checkpoint_every_steps == 0:
       if (error := _nonfinite_error(state, self.ckpt)) is not None:
         raise error
       self.ckpt.save(done, state)  # before evaluating: a failing evaluation loses no training
+      self.record.update(step=done, checkpoint_step=done)
     if evaluating:
-      t0 = time.time()
       metrics = evaluate(exp, state)
-      self.progress.eval_seconds += time.time() - t0
       self.writer.write_scalars(done, _scalars(metrics))
       task_metrics = _task_metrics(metrics)
       exp.task.write_eval_summaries(self.writer, done, task_metrics, state.variables(), exp.model, exp.mesh)
       self.ckpt.record_eval(done, task_metrics[exp.task.best_metric])
+      self.record.update(step=done, eval_metrics=_scalars(metrics), best_metric_name=f'eval_{exp.task.best_metric}')
       self.last_eval = (done, task_metrics)
       logging.info('Evaluation at step %d: %s (%.1fs)', done, exp.task.describe(task_metrics), time.time() - t0)
+      # Keep evaluation (and its checkpoint) out of the training throughput and the ETA.
+      self.progress.eval_seconds += time.time() - t0
+      self.t_interval += time.time() - t0
     if stopping:
       self.stopped = done
     return state

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from tests.param_counts import PARAM_COUNTS
 from hatnet_jax import models, tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +40,7 @@ def test_config_loads_and_builds_its_model(path):
   logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, size, size, 3)), train=False), variables)
   assert logits.shape == (2, num_classes)
   if config.model.name in VARIANTS and num_classes == 1000:
-    assert sum(x.size for x in jax.tree.leaves(variables)) == models.PARAM_COUNTS[config.model.name]
+    assert sum(x.size for x in jax.tree.leaves(variables)) == PARAM_COUNTS[config.model.name]
 
 
 @pytest.mark.parametrize('name', sorted(VARIANTS))

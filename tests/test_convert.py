@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.param_counts import PARAM_COUNTS
 from hatnet_jax import convert, models
 
 torch = pytest.importorskip('torch', reason='torch (CPU build) is needed for the parity tests; '
@@ -28,7 +29,7 @@ def _run_both(net, params, model, x_nchw):
   return ref, np.asarray(out), ref_feats, [np.asarray(f) for f in feats]
 
 
-@pytest.mark.parametrize('name', sorted(models.PARAM_COUNTS))
+@pytest.mark.parametrize('name', sorted(PARAM_COUNTS))
 def test_logits_match_pytorch_at_224(name):
   net = _torch_model(name)
   params = convert.from_pytorch(net.state_dict(), name)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.param_counts import PARAM_COUNTS
 from hatnet_jax import models
 from hatnet_jax.models import attention, hatnet, layers
 
@@ -44,13 +45,13 @@ def micro():
   return model, params, x, apply
 
 
-@pytest.mark.parametrize('name', sorted(models.PARAM_COUNTS))
+@pytest.mark.parametrize('name', sorted(PARAM_COUNTS))
 def test_parameter_counts_and_shapes(name):
   model = models.create(name, num_classes=1000)
   x = jnp.zeros((2, 224, 224, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
   assert list(variables) == ['params']
-  assert sum(p.size for p in jax.tree.leaves(variables)) == models.PARAM_COUNTS[name]
+  assert sum(p.size for p in jax.tree.leaves(variables)) == PARAM_COUNTS[name]
   logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
   assert logits.shape == (2, 1000) and logits.dtype == jnp.float32
   feats = jax.eval_shape(lambda v: model.apply(v, x, train=False, method=model.features), variables)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.param_counts import PARAM_COUNTS
 from hatnet_jax import convert, models
 from hatnet_jax.models import resize
 
@@ -58,7 +59,7 @@ def test_parameter_counts_and_backbone_tree(name):
   assert _count(p['neck']) + _count(p['decode_head']) == NECK_HEAD_COUNTS[name]
   assert _count(p) == FULL_COUNTS[name]
   # The backbone is exactly a 1000-class classifier less its head (so ImageNet weights load as they are).
-  assert _count(p['backbone']) == models.PARAM_COUNTS[name] - (models.VARIANTS[name].dims[-1] + 1) * 1000
+  assert _count(p['backbone']) == PARAM_COUNTS[name] - (models.VARIANTS[name].dims[-1] + 1) * 1000
   cls = models.create(name)
   cp = jax.eval_shape(lambda: cls.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))['params']
   back = models.backbone_params_from_classifier(cp)

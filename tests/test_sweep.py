@@ -1,5 +1,7 @@
 """Sweeps (hatnet_jax.sweep): the API, names, validation, --dry_run, the runner's bookkeeping (with a stand-in
-trainer: skip / resume / failure / SIGTERM) and a real 2x2 digits sweep through main.py end to end.
+trainer that keeps the run-record contract: skip / resume / failure / SIGTERM), a real 2x2 digits sweep
+through main.py end to end (summarised from the run records only) and, marked slow, the same through
+submitit's local executor.
 
 The real sweep sweeps seed x data.crop_scale: neither changes a compiled program (the seed is an input, the
 crop runs in tf.data), so with one persistent compilation cache the four points compile once and the test
@@ -7,10 +9,11 @@ stays within a few minutes on 2 CPU cores. learning rate x drop path (configs/sw
 checked with --dry_run.
 """
 import csv
-import dataclasses
+import glob
+import json
 import os
-import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,7 +109,7 @@ def test_commands_carry_base_and_point_overrides(tmp_path):
   points = sw.make_points(TINY, workdir, sw.sweep('num_steps', [3, 5]), {'num_steps': 2, 'batch_size': 8})
   assert [p.name for p in points] == ['num_steps=3', 'num_steps=5']
   p = points[0]
-  assert p.workdir == os.path.join(workdir, 'num_steps=3') and p.num_steps == 3
+  assert p.workdir == os.path.join(workdir, 'num_steps=3') and p.settings == {'num_steps': 3}
   assert p.argv == (sys.executable, sw.MAIN, f'--config={TINY}', f'--workdir={p.workdir}',
                     '--config.batch_size=8', '--config.num_steps=3')  # the point's own value wins
   assert p.command.startswith('python ') and shlex.split(p.command)[2:] == list(p.argv[2:])
@@ -155,19 +158,51 @@ def test_cli_rejects_an_unknown_key_before_running_anything(tmp_path):
   assert not workdir.exists()
 
 
+def test_names_and_tables_show_the_effective_values(tmp_path):
+  # A sweep-wide --config.num_steps=20 makes the num_epochs=10 points 20-step runs: the names say so.
+  points = sw.make_points(DIGITS, str(tmp_path), sw.load_sweep('configs/sweeps/digits_lr.py'), {'num_steps': 20})
+  assert points[0].name == 'base_lr=0.001,drop_path_rate=0.0,num_epochs=10,num_steps=20'
+  assert points[0].settings == {'base_lr': 1e-3, 'drop_path_rate': 0.0, 'num_epochs': 10, 'num_steps': 20}
+  # Values are the ones the config parsed: an int given for a float field is a float.
+  (point,) = sw.make_points(DIGITS, str(tmp_path), [{'base_lr': 1}])
+  assert point.name == 'base_lr=1.0' and point.settings == {'base_lr': 1.0}
+  # The summary table has a column per setting, and lists the sweep-wide overrides.
+  sw.write_summary(points, str(tmp_path), sweep_info={'base_overrides': {'num_steps': 20}})
+  md = (tmp_path / 'summary.md').read_text()
+  assert '| # | point | base_lr | drop_path_rate | num_epochs | num_steps | status |' in md
+  assert '`--config.num_steps=20`' in md and md.count('| not-run |') == 4
+
+
+def test_slurm_dry_run_adds_multihost_for_several_nodes(tmp_path):
+  out = _sweep_cli(f'--config={DIGITS}', '--sweep=configs/sweeps/digits_lr.py', f'--workdir={tmp_path / "s"}',
+                   '--launcher=slurm', '--slurm_nodes=2', '--dry_run')
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 4 and all(l.startswith('python ') and l.endswith(' --multihost') for l in lines)
+  from hatnet_jax.sweep import slurm  # pylint: disable=g-import-not-at-top
+  (point,) = sw.make_points(TINY, str(tmp_path), [{'seed': 1}])
+  assert '--multihost' not in slurm.job_argv(point, slurm.SlurmOptions(nodes=1))
+  assert slurm.job_argv(point, slurm.SlurmOptions(nodes=1, tasks_per_node=2))[-1] == '--multihost'
+
+
 # ---------------------------------------------------------------------------------------------------------
-# The runner, with a stand-in for main.py that keeps the trainer's contract on disk: step directories in
-# WORKDIR/checkpoints, resume from the latest, SIGTERM -> checkpoint and exit 0, errors -> traceback, exit 1.
+# The runner, with a stand-in for main.py that keeps the trainer's contract on disk (hatnet_jax.run_record):
+# run.json running -> step/checkpoint_step updates -> finished (or preempted on SIGTERM, exit 0); resume
+# from run.json's checkpoint_step; errors -> traceback, exit 1.
 
 FAKE_MAIN = '''
-import os, signal, sys, time
+import json, os, signal, sys, time
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 args = dict(a[2:].split('=', 1) for a in sys.argv[1:] if a.startswith('--') and '=' in a)
 workdir, num_steps = args['workdir'], int(args['config.num_steps'])
-ckpt = os.path.join(workdir, 'checkpoints')
-os.makedirs(ckpt, exist_ok=True)
-start = max([int(d) for d in os.listdir(ckpt) if d.isdigit()], default=0)
+os.makedirs(workdir, exist_ok=True)
+path = os.path.join(workdir, 'run.json')
+try:
+  record = json.load(open(path))
+except OSError:
+  record = {}
+start = record.get('checkpoint_step') or 0
 with open(os.path.join(workdir, 'calls.txt'), 'a') as f:
   f.write(f'{start}\\n')
 print(f'Training from step {start} to {num_steps}.', flush=True)
@@ -175,12 +210,28 @@ if args.get('config.model') == 'broken':
   print('Traceback (most recent call last):\\n  File "train.py", line 1\\n'
         "ValueError: unknown model 'broken' (config.model)", file=sys.stderr)
   sys.exit(1)
+
+def write(**kw):
+  record.update(kw)
+  json.dump(record, open(path + '.tmp', 'w'))
+  os.replace(path + '.tmp', path)
+
+write(status='running', task='classification', num_steps=num_steps, steps_per_epoch=10, step=start,
+      hparams={k[len('config.'):]: v for k, v in args.items() if k.startswith('config.')})
+status = 'finished'
 for step in range(start + 1, num_steps + 1):
   time.sleep(float(os.environ.get('FAKE_STEP_SECONDS', '0')))
-  os.makedirs(os.path.join(ckpt, str(step)))
+  top1 = 0.1 * step + 0.01 * int(args.get('config.seed', 0))
+  best = record.get('best')
+  if best is None or top1 > best['value']:
+    best = dict(metric='eval_top1', value=top1, step=step, higher_is_better=True)
+  write(step=step, checkpoint_step=step, best=best, final_metrics={'eval_top1': top1, 'eval_loss': 1.0 / step},
+        wall_time_s=(record.get('wall_time_s') or 0) + 0.5)
   if stop:
     print(f'Preempted: saved a checkpoint at step {step}', flush=True)
+    status = 'preempted'
     break
+write(status=status)
 '''
 
 
@@ -200,28 +251,57 @@ def _summary(workdir):
     return {row['point']: row for row in csv.DictReader(f)}
 
 
+def _write_record(point, **fields):
+  os.makedirs(point.workdir, exist_ok=True)
+  with open(os.path.join(point.workdir, 'run.json'), 'w') as f:
+    json.dump({**dict(status='running', task='classification', num_steps=4, steps_per_epoch=10, step=0,
+                      checkpoint_step=None, best=None, final_metrics={}, error=None, hparams={},
+                      wall_time_s=1.0), **fields}, f)
+
+
 def test_runner_skips_finished_resumes_unfinished_and_reports_failures(tmp_path):
-  points = _fake_points(tmp_path, [{'seed': 0}, {'seed': 1}, {'model': 'broken'}, {'seed': 2}])
-  done, half, broken, fresh = points
-  os.makedirs(os.path.join(done.workdir, 'checkpoints', '4'))  # finished earlier
-  os.makedirs(os.path.join(half.workdir, 'checkpoints', '2'))  # interrupted at step 2
+  points = _fake_points(tmp_path, [{'seed': 0}, {'seed': 1}, {'model': 'broken'}, {'seed': 2}, {'seed': 3}])
+  done, half, broken, fresh, stale = points
+  _write_record(done, status='finished', step=4, checkpoint_step=4,
+                best=dict(metric='eval_top1', value=0.9, step=4), final_metrics={'eval_top1': 0.9})
+  _write_record(half, status='preempted', step=2, checkpoint_step=2)  # interrupted at step 2
+  _write_record(stale, status='finished', step=3, checkpoint_step=3)  # 'finished' but step != num_steps
   messages = []
   rows, status = sw.run_sweep(points, str(tmp_path / 'sweep'), log=messages.append)
   assert status == 1  # a point failed
   assert _calls(done) == [] and _calls(half) == ['2'] and _calls(fresh) == ['0'] and _calls(broken) == ['0']
-  assert sw.checkpoint_steps(half.workdir) == [2, 3, 4] and sw.checkpoint_steps(fresh.workdir) == [1, 2, 3, 4]
+  assert _calls(stale) == ['3']
   summary = _summary(str(tmp_path / 'sweep'))
   assert {k: r['status'] for k, r in summary.items()} == {
-      done.name: 'finished-earlier', half.name: 'finished', fresh.name: 'finished', broken.name: 'failed'}
+      done.name: 'finished-earlier', half.name: 'finished', fresh.name: 'finished', broken.name: 'failed',
+      stale.name: 'finished'}
   assert summary[broken.name]['error'] == ("exit status 1: ValueError: unknown model 'broken' (config.model)")
-  assert list(summary)[-1] == broken.name  # no top-1: last
+  assert list(summary) == [done.name, stale.name, fresh.name, half.name, broken.name]  # best top-1 first
+  assert summary[fresh.name]['metric'] == 'eval_top1' and float(summary[fresh.name]['best']) == pytest.approx(0.42)
+  assert summary[fresh.name]['steps'] == '4' and summary[fresh.name]['total_steps'] == '4'
+  assert float(summary[fresh.name]['final_eval_loss']) == 0.25 and summary[fresh.name]['best_step'] == '4'
   assert 'resuming from step 2' in messages[1]
   with open(os.path.join(str(tmp_path / 'sweep'), 'summary.md')) as f:
     md = f.read()
-  assert md.count('\n| ') == 5 and "unknown model 'broken'" in md
+  assert md.count('\n| ') == 6 and "unknown model 'broken'" in md and 'best eval_top1 (%)' in md
   # Relaunching runs only the failed point again.
   rows, status = sw.run_sweep(points, str(tmp_path / 'sweep'), log=messages.append)
   assert status == 1 and _calls(broken) == ['0', '0'] and _calls(half) == ['2'] and _calls(fresh) == ['0']
+  # --summary_only's view (no runner): from the files alone.
+  from hatnet_jax.sweep import summary as summary_lib  # pylint: disable=g-import-not-at-top
+  assert [summary_lib.point_status(p) for p in points] == ['finished', 'finished', 'failed', 'finished', 'finished']
+
+
+def test_a_killed_trainer_is_failed_not_running(tmp_path):
+  (point,) = _fake_points(tmp_path, [{'seed': 0}])
+  main = tmp_path / 'fake_main.py'
+  main.write_text(FAKE_MAIN.replace("write(status=status)", "os.kill(os.getpid(), signal.SIGKILL)"))
+  rows, status = sw.run_sweep([point], str(tmp_path / 'sweep'), log=lambda _: None)
+  assert status == 1 and rows[0]['status'] == 'failed' and rows[0]['error'].startswith('killed by signal 9')
+  with open(os.path.join(point.workdir, 'run.json')) as f:
+    assert json.load(f)['status'] == 'running'  # what the trainer left; the sweep knows better
+  from hatnet_jax.sweep import summary as summary_lib  # pylint: disable=g-import-not-at-top
+  assert summary_lib.point_status(point) == 'failed'
 
 
 def test_sigterm_checkpoints_the_running_point_and_relaunch_resumes_it(tmp_path):
@@ -242,8 +322,10 @@ def test_sigterm_checkpoints_the_running_point_and_relaunch_resumes_it(tmp_path)
   assert status == 128 + signal.SIGTERM
   statuses = {r['point']: r['status'] for r in rows}
   assert statuses == {points[0].name: 'incomplete', points[1].name: 'not-run'}
-  stopped_at = sw.checkpoint_steps(points[0].workdir)[-1]
-  assert 1 <= stopped_at < 20
+  with open(os.path.join(points[0].workdir, 'run.json')) as f:
+    record = json.load(f)
+  stopped_at = record['checkpoint_step']
+  assert record['status'] == 'preempted' and 1 <= stopped_at < 20
   rows, status = sw.run_sweep(points, str(tmp_path / 'sweep'), log=lambda _: None)
   assert status == 0 and _calls(points[0]) == ['0', str(stopped_at)] and _calls(points[1]) == ['0']
 
@@ -253,7 +335,7 @@ def test_sigterm_checkpoints_the_running_point_and_relaunch_resumes_it(tmp_path)
 
 
 def _tree(point_dir):
-  """{relative path: mtime} of everything a run wrote (events, checkpoints, logs)."""
+  """{relative path: mtime} of everything a run wrote (records, events, checkpoints, logs)."""
   out = {}
   for root, _, files in os.walk(point_dir):
     for f in files:
@@ -262,8 +344,13 @@ def _tree(point_dir):
   return out
 
 
-def test_digits_sweep_end_to_end(tmp_path):
-  grid = "product(sweep('seed', [0, 1]), sweep('data.crop_scale', [(0.6, 1.0), (0.9, 1.0)]))"
+def _env(tmp_path):
+  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu',
+              JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', TF_CPP_MIN_LOG_LEVEL='2')
+
+
+def _write_grid(tmp_path, grid):
   (tmp_path / 'grid.py').write_text(textwrap.dedent(f'''
       from hatnet_jax.sweep import chainit, product, sweep
 
@@ -278,13 +365,38 @@ def test_digits_sweep_end_to_end(tmp_path):
         points = {grid}
         return chainit(points[:1], [{{'model': 'hatnet_nonexistent'}}], points[1:])
       '''))
+
+
+def _check_finished_point(point, row, num_steps):
+  with open(os.path.join(point.workdir, 'run.json')) as f:
+    record = json.load(f)
+  # The overrides are in the run record's hparams (with the rest of the config).
+  for key, value in point.overrides.items():
+    assert record['hparams'][key] == (value if isinstance(value, (int, float, str)) else str(value))
+  assert record['hparams']['num_steps'] == num_steps and record['hparams']['model'] == 'hatnet_tiny'
+  assert record['status'] == 'finished' and record['step'] == record['num_steps'] == num_steps
+  assert record['checkpoint_step'] == num_steps and record['error'] is None
+  top1 = {}
+  with open(os.path.join(point.workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      data = json.loads(line)
+      if 'eval_top1' in data:
+        top1[data['step']] = data['eval_top1']
+  assert sorted(top1) == list(range(num_steps // 2, num_steps + 1, num_steps // 2))
+  assert row['status'] in ('finished', 'finished-earlier') and row['steps'] == str(num_steps)
+  assert row['total_steps'] == str(num_steps) and row['metric'] == 'eval_top1'
+  assert float(row['final']) == pytest.approx(top1[num_steps]) and float(row['best']) == pytest.approx(max(top1.values()))
+  assert float(row['final_eval_loss']) == pytest.approx(record['final_metrics']['eval_loss'])
+  assert float(row['wall_time_s']) > 0 and row['error'] == ''
+
+
+def test_digits_sweep_end_to_end(tmp_path):
+  _write_grid(tmp_path, "product(sweep('seed', [0, 1]), sweep('data.crop_scale', [(0.6, 1.0), (0.9, 1.0)]))")
   workdir = str(tmp_path / 'sweep')
   flags = [f'--config={TINY}', f'--workdir={workdir}', '--config.num_steps=4', '--config.eval_every_steps=2',
            '--config.checkpoint_every_steps=2', '--config.log_images_every_steps=0',
            f'--config.data.data_dir={tmp_path / "tfds"}']
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', TF_CPP_MIN_LOG_LEVEL='2')
+  env = _env(tmp_path)
 
   out = _sweep_cli(*flags, f'--sweep={tmp_path / "grid_and_bad.py"}', env=env, timeout=TIMEOUT)
   assert out.returncode == 1, out.stderr[-5000:]  # the bad point failed
@@ -295,27 +407,11 @@ def test_digits_sweep_end_to_end(tmp_path):
   summary = _summary(workdir)
   assert list(summary)[-1] == bad
   assert summary[bad]['status'] == 'failed' and "unknown model 'hatnet_nonexistent'" in summary[bad]['error']
-  assert summary[bad]['best_top1'] == '' and sw.checkpoint_steps(os.path.join(workdir, bad)) == []
-  best = [float(r['best_top1']) for r in summary.values() if r['best_top1']]
+  assert summary[bad]['best'] == '' and not os.path.exists(os.path.join(workdir, bad, 'run.json'))
+  best = [float(r['best']) for r in summary.values() if r['best']]
   assert len(best) == 4 and best == sorted(best, reverse=True)
   for point in points:
-    assert sw.checkpoint_steps(point.workdir) == [2, 4]
-    events = sw.read_events(point.workdir)
-    # The overrides are in the HParams plugin data (with the rest of the config).
-    assert events.hparams['seed'] == point.overrides['seed']
-    assert events.hparams['data.crop_scale'] == str(point.overrides['data.crop_scale'])
-    assert events.hparams['num_steps'] == 4 and events.hparams['model'] == 'hatnet_tiny'
-    top1, loss = events.scalars['eval_top1'], events.scalars['eval_loss']
-    assert sorted(top1) == [2, 4]
-    row = summary[point.name]
-    assert row['status'] == 'finished' and row['steps'] == '4' and row['total_steps'] == '4'
-    assert float(row['final_top1']) == pytest.approx(top1[4]) and float(row['best_top1']) == max(top1.values())
-    assert float(row['final_eval_loss']) == pytest.approx(loss[4]) and float(row['wall_time_s']) > 0
-    assert row['error'] == ''
-    # Had the run been given in epochs, its length would follow from the trainer's 'epoch' scalar.
-    with open(os.path.join(point.workdir, sw.LOG_FILE)) as f:
-      per_epoch = int(re.search(r'\((\d+) per epoch\)', f.read()).group(1))
-    assert sw.total_steps(dataclasses.replace(point, num_steps=None, num_epochs=3)) == 3 * per_epoch
+    _check_finished_point(point, summary[point.name], 4)
   with open(os.path.join(workdir, 'summary.md')) as f:
     md = f.read()
   assert '4 of 5 points finished' in md and md.count('\n| ') == 6 and 'hatnet_nonexistent' in md
@@ -328,4 +424,48 @@ def test_digits_sweep_end_to_end(tmp_path):
   assert {p.name: _tree(p.workdir) for p in points} == before
   assert out.stderr.count('finished earlier, skipped') == 4, out.stderr
   assert time.time() - start < 60
+  assert {r['status'] for r in _summary(workdir).values()} == {'finished-earlier'}
+
+  # The summary needs only the run records: without TensorBoard events and checkpoints it is the same.
+  for point in points:
+    for path in glob.glob(os.path.join(point.workdir, 'events.out.tfevents.*')):
+      os.remove(path)
+    shutil.rmtree(os.path.join(point.workdir, 'checkpoints'))
+  out = _sweep_cli(*flags, f'--sweep={tmp_path / "grid.py"}', '--summary_only', env=env)
+  assert out.returncode == 0, out.stderr[-5000:]
+  again = _summary(workdir)
+  for point in points:
+    _check_finished_point(point, again[point.name], 4)
+    assert again[point.name] == dict(summary[point.name], status='finished')
+
+
+@pytest.mark.slow
+def test_digits_sweep_through_submitit_local(tmp_path, digits_data_dir):
+  """--launcher=submitit_local: the slurm launcher's code path (submit, wait, record, summarise) with
+  submitit's LocalExecutor; a real 2-point digits sweep, then a relaunch that changes nothing."""
+  pytest.importorskip('submitit')
+  _write_grid(tmp_path, "sweep('seed', [0, 1])")
+  workdir = str(tmp_path / 'sweep')
+  flags = [f'--config={TINY}', f'--workdir={workdir}', '--config.num_steps=4', '--config.eval_every_steps=2',
+           '--config.checkpoint_every_steps=2', '--config.log_images_every_steps=0',
+           f'--config.data.data_dir={digits_data_dir}', '--launcher=submitit_local', '--slurm_time=20',
+           f'--sweep={tmp_path / "grid.py"}']
+  env = _env(tmp_path)
+  out = _sweep_cli(*flags, env=env, timeout=TIMEOUT)
+  assert out.returncode == 0, out.stderr[-5000:]
+  assert out.stderr.count('submitted job') == 2
+  points = sw.make_points(TINY, workdir, sw.load_sweep(str(tmp_path / 'grid.py')), {'num_steps': 4})
+  summary = _summary(workdir)
+  assert {r['status'] for r in summary.values()} == {'finished'}
+  for point in points:
+    _check_finished_point(point, summary[point.name], 4)
+    with open(os.path.join(point.workdir, sw.STATUS_FILE)) as f:
+      status = json.load(f)
+    assert status['status'] == 'finished' and status['attempts'][-1]['launcher'] == 'submitit:local'
+    assert os.path.isdir(os.path.join(point.workdir, 'submitit'))
+  before = {p.name: _tree(p.workdir) for p in points}
+  out = _sweep_cli(*flags, env=env, timeout=TIMEOUT)
+  assert out.returncode == 0, out.stderr[-5000:]
+  assert out.stderr.count('finished earlier, skipped') == 2 and 'submitted' not in out.stderr
+  assert {p.name: _tree(p.workdir) for p in points} == before
   assert {r['status'] for r in _summary(workdir).values()} == {'finished-earlier'}

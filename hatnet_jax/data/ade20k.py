@@ -220,7 +220,7 @@ def iter_examples(manual_dir, split):
 @functools.lru_cache(maxsize=None)
 def builder_class():
   """Defines the TFDS builder on first use (keeps tensorflow out of `import hatnet_jax`)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.tf_host import tfds  # pylint: disable=g-import-not-at-top
 
   class Ade20k(tfds.core.GeneratorBasedBuilder):
     """ADEChallengeData2016 scene parsing (150 classes), from a manual dir."""
@@ -261,7 +261,7 @@ def builder(data_dir=None):
 
 def prepare(manual_dir, data_dir=None):
   """Prepares ADE20K once (array_record) from `manual_dir`; returns the builder."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.tf_host import tfds  # pylint: disable=g-import-not-at-top
   b = builder(data_dir)
   if not b.is_prepared():
     locate(manual_dir)

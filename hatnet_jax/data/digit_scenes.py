@@ -99,7 +99,7 @@ def iter_examples(split, num):
 
 @functools.lru_cache(maxsize=None)
 def builder_class():
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.tf_host import tfds  # pylint: disable=g-import-not-at-top
 
   @dataclasses.dataclass
   class SceneConfig(tfds.core.BuilderConfig):

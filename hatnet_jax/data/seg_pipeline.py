@@ -45,21 +45,27 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from hatnet_jax import layout
 from hatnet_jax.data import pipeline
 from hatnet_jax.data import seg_sources
 from hatnet_jax.data import seg_transforms
+from hatnet_jax.data.tf_host import tf
 
 _SALT_AUG = 0x5E6A
 
 
 def default_data_config():
-  """Data defaults of the ADE20K Semantic FPN recipe (the lead's configs/seg_*.py start from these)."""
-  return ml_collections.ConfigDict(dict(
-      dataset='ade20k', data_dir=None, manual_dir=None, train_split='train',
+  """Data defaults of the ADE20K Semantic FPN recipe (configs/seg_default.py starts from these)."""
+  d = ml_collections.ConfigDict(dict(
+      dataset='ade20k', train_split='train',
       eval_split='validation', eval_batch_size=0, crop_size=512, scale=(2048, 512),
       ratio_range=(0.5, 2.0), cat_max_ratio=0.75, hflip_prob=0.5, photometric=True,
       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), ignore_index=255, align=32,
       prefetch=2, threads=0, cache=False, num_classes=0, reduce_zero_label=True))
+  # Typed, so that --config.data.data_dir=... can set a field that defaults to None.
+  d.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir (None: TFDS default)
+  d.manual_dir = ml_collections.FieldReference(None, field_type=str)  # ADEChallengeData2016 / seg folder root
+  return d
 
 
 def digit_scenes_data_config(small=False):
@@ -74,8 +80,6 @@ def digit_scenes_data_config(small=False):
   return d
 
 
-def _tf():
-  return pipeline._tf()  # pylint: disable=protected-access
 
 
 def _reduce_zero_label(d, info):
@@ -98,7 +102,6 @@ def _find_bad_example(src, indices, transform_check):
 
 def _decode_check(reduce, ignore):
   def check(img, mask):
-    tf = _tf()
     image = seg_transforms.decode_image(tf.constant(img))
     lab = seg_transforms.read_label(tf.constant(mask), reduce, ignore)
     if tuple(lab.shape) != tuple(image.shape[:2]):
@@ -115,7 +118,6 @@ def train_dataset(src, d, seed, global_batch, lo, hi, start_step=0, num_steps=pi
                   threads=None, reduce_zero_label=True):
   """Per-process host dataset: dict(image uint8 [n,C,C,3], label uint8 (int32 if ignore_index > 255)
   [n,C,C], valid int32 [n,2] = each image's size before padding)."""
-  tf = _tf()
   transform = seg_transforms.TrainTransform(d, reduce_zero_label)
   num = len(src)
   ds = pipeline._position_dataset(start_step, num_steps, global_batch, lo, hi)  # pylint: disable=protected-access
@@ -166,7 +168,12 @@ def _normalize_fn(mean, std, sharding):
 
 
 class SegTrainIterator:
-  """Global training batches dict(image f32 [B,C,C,3], label int32 [B,C,C]); `step`, `get_state()`."""
+  """Global training batches dict(image f32 [B,C,C,3], label int32 [B,C,C]); `step`, `get_state()`.
+
+  `num_skipped` is always 0: an undecodable training example stops the run with its file name.
+  """
+
+  num_skipped = 0
 
   def __init__(self, host_ds, src, d, sharding, global_batch, seed, start_step, reduce_zero_label):
     self._np_iter = host_ds.as_numpy_iterator()
@@ -185,7 +192,7 @@ class SegTrainIterator:
     step = self._produced_step
     try:
       local = next(self._np_iter)
-    except _tf().errors.InvalidArgumentError as e:
+    except tf.errors.InvalidArgumentError as e:
       raise RuntimeError(self._describe_error(step, e)) from e
     b, c = self._global_batch, self._crop
     make = lambda x, shape: jax.make_array_from_process_local_data(self._sharding, x, shape)
@@ -196,7 +203,6 @@ class SegTrainIterator:
     return dict(image=images, label=labels)
 
   def _describe_error(self, step, e):
-    tf = _tf()
     pos = tf.range(step * self._global_batch, (step + 1) * self._global_batch, dtype=tf.int64)
     idx = pipeline.stream_indices(pos, len(self._src), self._seed, 1).numpy()
     bad = _find_bad_example(self._src, idx, self._check)
@@ -220,11 +226,11 @@ class SegTrainIterator:
 
 def create_train_iterator(config, mesh, start_step=0):
   d = config.data
-  pipeline.check_batch_size(config.batch_size, mesh)
+  layout.check_batch_size(config.batch_size, mesh.size)
   info = seg_sources.dataset_info(d)
   src = seg_sources.open_split(d, info.train_split)
-  sharding = pipeline.data_sharding(mesh)
-  lo, hi = pipeline.process_rows(sharding, config.batch_size)
+  sharding = layout.data_sharding(mesh)
+  lo, hi = layout.process_rows(sharding, config.batch_size)
   reduce = _reduce_zero_label(d, info)
   host = train_dataset(src, d, int(config.seed), int(config.batch_size), lo, hi, start_step,
                        reduce_zero_label=reduce)
@@ -266,7 +272,6 @@ def eval_plan(sizes, d, global_batch):
 
 def eval_dataset(src, d, plan, lo, hi, threads=None, reduce_zero_label=True):
   """Per-process host dataset of one pass: dict(image uint8, label int32, orig_size int32, mask bool)."""
-  tf = _tf()
   transform = seg_transforms.EvalTransform(d, reduce_zero_label)
   n = hi - lo
   cols = dict(
@@ -313,7 +318,7 @@ class SegEvalIterator:
       raise StopIteration
     try:
       local = next(self._np_iter)
-    except (_tf().errors.InvalidArgumentError, _tf().errors.OutOfRangeError) as e:
+    except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
       bad = _find_bad_example(self._src, self.plan[k].indices, self._check)
       raise RuntimeError(f'An evaluation example could not be read (evaluation never skips): '
                          f'{bad or getattr(e, "message", str(e))}') from e
@@ -343,12 +348,12 @@ class SegEvalIterator:
 def create_eval_iterator(config, mesh):
   d = config.data
   batch = pipeline.eval_batch_size(config)
-  pipeline.check_batch_size(batch, mesh, 'eval batch size')
+  layout.check_batch_size(batch, mesh.size, what='config.data.eval_batch_size (0: batch_size)')
   info = seg_sources.dataset_info(d)
   src = seg_sources.open_split(d, info.eval_split)
   plan = eval_plan(src.image_sizes(), d, batch)
-  sharding = pipeline.data_sharding(mesh)
-  lo, hi = pipeline.process_rows(sharding, batch)
+  sharding = layout.data_sharding(mesh)
+  lo, hi = layout.process_rows(sharding, batch)
   reduce = _reduce_zero_label(d, info)
   host = eval_dataset(src, d, plan, lo, hi, reduce_zero_label=reduce)
   return SegEvalIterator(host, src, d, plan, sharding, batch, reduce)

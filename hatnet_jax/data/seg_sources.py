@@ -25,6 +25,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from hatnet_jax.data import ade20k as ade20k_lib
+from hatnet_jax.data.tf_host import tf
 
 ADE20K = 'ade20k'
 DIGIT_SCENES = 'digit_scenes'
@@ -45,9 +46,6 @@ class SegDatasetInfo:
   reduce_zero_label: bool = True
 
 
-def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf
 
 
 def _process_count():
@@ -188,7 +186,6 @@ class SegSource:
   def _tensor(self, name):
     cache = self.__dict__.setdefault('_tensors', {})
     if name not in cache:
-      tf = _tf()
       with tf.init_scope():
         cache[name] = tf.constant(getattr(self, name))
     return cache[name]
@@ -198,7 +195,6 @@ class SegSource:
     return np.array(list(self.data_source.__getitems__(keys)), dtype=object)
 
   def lookup(self, indices):
-    tf = _tf()
     if self.kind == 'array_record':
       serialized = tf.numpy_function(self._read, [indices], tf.string, stateful=False)
       serialized.set_shape([None])
@@ -216,7 +212,6 @@ class SegSource:
 
   def read_numpy(self, indices):
     """Eager (python) lookup: lists of (image bytes, mask bytes, file name)."""
-    tf = _tf()
     img, mask, name = self.lookup(tf.constant(np.asarray(indices, np.int64)))
     return list(zip(img.numpy().tolist(), mask.numpy().tolist(),
                     [n.decode() for n in name.numpy().tolist()]))

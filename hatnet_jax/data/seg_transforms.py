@@ -25,11 +25,9 @@ Labels are read with mmseg's reduce_zero_label (`read_label`): 0 -> 255 (ignore)
 All randomness is stateless from a ``[2]`` int64 seed derived from (run seed, stream position).
 """
 import math
+from hatnet_jax.data.tf_host import tf
 
 
-def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf
 
 
 # ------------------------------------------------------------------------------------------------
@@ -61,7 +59,6 @@ def ratio_scale(scale, ratio):
 
 
 def decode_image(data):
-  tf = _tf()
   img = tf.io.decode_image(data, channels=3, expand_animations=False)
   img.set_shape([None, None, 3])
   return img
@@ -69,7 +66,6 @@ def decode_image(data):
 
 def read_label(mask_bytes, reduce_zero_label=True, ignore_index=255):
   """PNG bytes -> int32 [h, w]; reduce_zero_label: 0 -> ignore, k -> k - 1 (255 stays ignore)."""
-  tf = _tf()
   lab = tf.cast(tf.io.decode_png(mask_bytes, channels=1)[..., 0], tf.int32)
   if reduce_zero_label:
     lab = tf.where((lab == 0) | (lab == 255), ignore_index, lab - 1)
@@ -78,7 +74,6 @@ def read_label(mask_bytes, reduce_zero_label=True, ignore_index=255):
 
 def tf_rescale_size(h, w, max_long, max_short):
   """`rescale_size` in TF float64 (the same IEEE operations as the python version)."""
-  tf = _tf()
   h64, w64 = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
   max_long, max_short = tf.cast(max_long, tf.float64), tf.cast(max_short, tf.float64)
   s = tf.minimum(max_long / tf.maximum(h64, w64), max_short / tf.minimum(h64, w64))
@@ -87,14 +82,12 @@ def tf_rescale_size(h, w, max_long, max_short):
 
 def resize_bilinear(img, h, w):
   """cv2.resize INTER_LINEAR equivalent on uint8 [H, W, C] -> uint8 [h, w, C]."""
-  tf = _tf()
   out = tf.image.resize(tf.cast(img, tf.float32), tf.stack([h, w]), method='bilinear', antialias=False)
   return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
 
 
 def resize_nearest(lab, h, w):
   """cv2.resize INTER_NEAREST on an int32 [H, W] label map (source index floor(dst * in / out))."""
-  tf = _tf()
   out = tf.raw_ops.ResizeNearestNeighbor(images=lab[None, :, :, None], size=tf.stack([h, w]),
                                          align_corners=False, half_pixel_centers=False)
   return out[0, :, :, 0]
@@ -102,7 +95,6 @@ def resize_nearest(lab, h, w):
 
 def crop_offsets(seed, h, w, crop_h, crop_w, n):
   """n candidate (top, left) offsets, each uniform in [0, max(h - crop_h, 0)] x [0, max(w - crop_w, 0)]."""
-  tf = _tf()
   u = tf.random.stateless_uniform([n, 2], seed, dtype=tf.float64)
   margin = tf.cast(tf.stack([tf.maximum(h - crop_h, 0), tf.maximum(w - crop_w, 0)]), tf.float64)
   return tf.cast(tf.floor(u * (margin + 1.0)), tf.int32)
@@ -110,7 +102,6 @@ def crop_offsets(seed, h, w, crop_h, crop_w, n):
 
 def cat_crop_ok(lab, top, left, crop_h, crop_w, cat_max_ratio, ignore_index):
   """mmseg's test: more than one non-ignored class and the largest < cat_max_ratio of them."""
-  tf = _tf()
   window = tf.slice(lab, tf.stack([top, left]), tf.stack(
       [tf.minimum(crop_h, tf.shape(lab)[0] - top), tf.minimum(crop_w, tf.shape(lab)[1] - left)]))
   cnt = tf.math.bincount(tf.reshape(window, [-1]), minlength=256, maxlength=256, dtype=tf.int64)
@@ -122,7 +113,6 @@ def cat_crop_ok(lab, top, left, crop_h, crop_w, cat_max_ratio, ignore_index):
 
 def random_crop(img, lab, seed, crop_h, crop_w, cat_max_ratio=0.75, ignore_index=255, tries=10):
   """mmseg RandomCrop: (image, label) windows of at most crop_h x crop_w."""
-  tf = _tf()
   h, w = tf.shape(lab)[0], tf.shape(lab)[1]
   offsets = crop_offsets(seed, h, w, crop_h, crop_w, tries + 1)
   if cat_max_ratio < 1.0:
@@ -140,12 +130,10 @@ def random_crop(img, lab, seed, crop_h, crop_w, cat_max_ratio=0.75, ignore_index
 
 def _convert(x, alpha=1.0, beta=0.0):
   """mmseg PhotoMetricDistortion.convert: x * alpha + beta, clip to [0, 255], astype(uint8)."""
-  tf = _tf()
   return tf.cast(tf.clip_by_value(tf.cast(x, tf.float32) * alpha + beta, 0.0, 255.0), tf.uint8)
 
 
 def _hsv_op(img, fn):
-  tf = _tf()
   hsv = tf.image.rgb_to_hsv(tf.cast(img, tf.float32) / 255.0)
   hsv = fn(hsv)
   rgb = tf.image.hsv_to_rgb(hsv) * 255.0
@@ -155,7 +143,6 @@ def _hsv_op(img, fn):
 def photometric_distortion(img, seed, brightness_delta=32, contrast_range=(0.5, 1.5),
                            saturation_range=(0.5, 1.5), hue_delta=18):
   """mmseg PhotoMetricDistortion on a uint8 [h, w, 3] RGB image."""
-  tf = _tf()
   u = tf.random.stateless_uniform([9], seed, dtype=tf.float32)
   apply = lambda p, fn, x: tf.cond(p < 0.5, lambda: fn(x), lambda: x)
 
@@ -197,7 +184,6 @@ class TrainTransform:
     self.reduce_zero_label = reduce_zero_label
 
   def __call__(self, image_bytes, mask_bytes, seed):
-    tf = _tf()
     seeds = tf.random.experimental.stateless_split(seed, 4)
     img = decode_image(image_bytes)
     lab = read_label(mask_bytes, self.reduce_zero_label, self.ignore)
@@ -238,7 +224,6 @@ class EvalTransform:
     self.reduce_zero_label = reduce_zero_label
 
   def __call__(self, image_bytes, mask_bytes, aligned_hw, label_hw):
-    tf = _tf()
     img = decode_image(image_bytes)
     lab = read_label(mask_bytes, self.reduce_zero_label, self.ignore)
     shape = tf.shape(img)

@@ -7,14 +7,16 @@ import jax.numpy as jnp
 from hatnet_jax.models.attention import HMHSA, local_attention
 from hatnet_jax.models.hatnet import HATNet
 from hatnet_jax.models.semfpn import SemanticFPN, backbone_params_from_classifier
-from hatnet_jax.models.variants import PARAM_COUNTS, VARIANTS, Variant, get_variant
+from hatnet_jax.models.variants import VARIANTS, Variant, get_variant
 
-__all__ = ['FAMILIES', 'HATNet', 'HMHSA', 'PARAM_COUNTS', 'SemanticFPN', 'VARIANTS', 'Variant',
+__all__ = ['FAMILIES', 'HATNet', 'HMHSA', 'SemanticFPN', 'VARIANTS', 'Variant',
            'backbone_params_from_classifier', 'create', 'family', 'get_variant', 'local_attention', 'names']
 
 # Name prefix -> model class; the rest of the name is a row of VARIANTS. Every class takes the variant first
 # and the keyword fields that `create` passes.
 FAMILIES = {'semfpn_': SemanticFPN, '': HATNet}
+# Settings of a family beyond what every family takes (`create` passes them through as keywords).
+_OWN_FIELDS = {SemanticFPN: ('neck_channels', 'head_channels')}
 
 
 def names() -> list[str]:
@@ -52,6 +54,8 @@ def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, d
   attention_impl: None/'' (JAX chooses), 'xla', or 'cudnn' (flash attention on GPU).
   """
   variant_name, cls = family(name)
+  # Fields of the family's own module (e.g. SemanticFPN's neck_channels) go to it, the rest to the variant.
+  own = {k: overrides.pop(k) for k in list(overrides) if k in _OWN_FIELDS.get(cls, ())}
   variant = get_variant(variant_name, **overrides)
   head = {} if head_drop_rate is None else {'head_drop_rate': head_drop_rate}
   rates = (drop_path_rate, drop_rate, head_drop_rate or 0.0)
@@ -62,4 +66,4 @@ def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, d
     raise ValueError(f"attention_impl must be '', 'xla' or 'cudnn'; got {attention_impl!r}")
   return cls(variant, num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate, **head,
              remat=remat, unroll=unroll, attention_impl=attention_impl or None, depthwise_impl=depthwise_impl,
-             dtype=_dtype(dtype, 'dtype'), param_dtype=_dtype(param_dtype, 'param_dtype'))
+             dtype=_dtype(dtype, 'dtype'), param_dtype=_dtype(param_dtype, 'param_dtype'), **own)

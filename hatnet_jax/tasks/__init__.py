@@ -8,8 +8,13 @@ def _classification():
   return classification.Classification
 
 
+def _segmentation():
+  from hatnet_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
+  return segmentation.Segmentation
+
+
 # name -> a function returning the Task class (imported on use: a task may need extra packages).
-TASKS = {'classification': _classification}
+TASKS = {'classification': _classification, 'segmentation': _segmentation}
 
 
 def create(config) -> Task:

@@ -30,6 +30,12 @@ class Classification(base.Task):
   def eval_iterator(self, mesh):
     return data.create_eval_iterator(self.config, mesh)
 
+  def validate(self):
+    name = self.config.model.name
+    if models.family(name)[1] is not models.HATNet:
+      raise ValueError(f"config.task='classification' needs a classifier (config.model.name='hatnet_...'); got "
+                       f"{name!r}: use config.task='segmentation' for it")
+
   def create_model(self, num_classes):
     return models.create(**self.config.model, num_classes=num_classes)
 
@@ -62,6 +68,22 @@ class Classification(base.Task):
   def finalize(self, totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
     count = float(totals['count'])
     return {k: float(v) / count for k, v in totals.items() if k != 'count'}
+
+  def write_eval_summaries(self, writer, step, metrics, variables, model, mesh):
+    """With config.log_attention_maps: local and global attention of a few query points of the first eval
+    images (stage 1, block 0) as TensorBoard images."""
+    count = self.config.get('log_attention_maps', 0)
+    if not count or jax.process_index() != 0:
+      return
+    from hatnet_jax import attention_maps, monitor  # pylint: disable=g-import-not-at-top
+    it = self.eval_iterator(mesh)
+    try:
+      images = monitor.local_rows(next(iter(it))['image'], int(count))
+    finally:
+      it.close()
+    d = self.config.data
+    panels = attention_maps.attention_images(model, jax.device_get(variables), images, mean=d.mean, std=d.std)
+    writer.write_images(step, {'eval_attention_maps': panels})
 
   def describe(self, metrics):
     return (f'top-1 {100 * metrics["top1"]:.2f}%, top-{TOP_K} {100 * metrics[f"top{TOP_K}"]:.2f}%, '

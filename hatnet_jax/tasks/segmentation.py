@@ -51,7 +51,7 @@ class Segmentation(base.Task):
 
   def validate(self):
     name = self.config.model.name
-    if models.family(name)[0] != 'semfpn_':
+    if models.family(name)[1] is not models.SemanticFPN:
       raise ValueError(f"config.task='segmentation' needs a segmentation model (config.model.name='semfpn_...'); "
                        f'got {name!r}')
 

@@ -1,0 +1,5 @@
+"""`python -m hatnet_jax.sweep ...`: see hatnet_jax/sweep/__init__.py and the README's Sweeps section."""
+from hatnet_jax.sweep import cli
+
+if __name__ == '__main__':
+  cli.run()
