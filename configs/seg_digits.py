@@ -24,12 +24,14 @@ def get_config(variant: str = ''):
   c.data.eval_batch_size = 64
 
   c.batch_size = 32
-  c.base_lr = 2e-3
+  c.base_lr = 4e-3  # from scratch (no ImageNet backbone here): a higher rate with a short warmup
   c.lr_base_batch = 32
+  c.warmup_steps = 100
+  c.warmup_lr = 1e-5
   c.weight_decay = 1e-4
-  c.num_steps = 600
-  c.eval_every_steps = 200
-  c.checkpoint_every_steps = 200
+  c.num_steps = 1500
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
   c.log_every_steps = 50
   c.log_images_count = 4
@@ -42,6 +44,7 @@ def get_config(variant: str = ''):
                         kernel_sizes=(3, 3), head_dim=8, stem_dim=8, neck_channels=8, head_channels=8))
     c.batch_size = 16
     c.num_steps = 8
+    c.warmup_steps = 2
     c.eval_every_steps = 4
     c.checkpoint_every_steps = 4
     c.log_every_steps = 1

@@ -5,15 +5,14 @@ Weights are one of
   * a directory written by `python -m hatnet_jax.convert` (an orbax checkpoint of {'params': ...}),
   * a training checkpoint WORKDIR/checkpoints/STEP/state (or WORKDIR/checkpoints/STEP),
   * a training workdir WORKDIR or WORKDIR/checkpoints (its latest checkpoint).
-From a training workdir the model settings (model, model_overrides, image size, mean/std, ...) are read back
-from the config the trainer logged as TensorBoard hparams, and the class names from its dataset, so
+From a training workdir the model settings (config.model: name and variant fields, image size, mean/std,
+...) are read back from the config the trainer recorded in DIR/run.json, and the class names from its dataset, so
 `--weights=WORKDIR` alone is enough; flags override them.
 
 Imports of tensorflow, orbax and tensorboard happen inside the functions.
 """
 import ast
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -157,22 +156,22 @@ def _literal(value):
 
 
 def run_hparams(workdir: str) -> dict[str, Any]:
-  """The config a training run logged (flattened: {'model': ..., 'data.image_size': ...}), or {}."""
-  if not workdir or not glob.glob(os.path.join(glob.escape(workdir), 'events.out.tfevents.*')):
-    return {}
-  try:
-    from hatnet_jax import sweep  # pylint: disable=g-import-not-at-top
-    return dict(sweep.read_events(workdir).hparams)
-  except Exception:  # pylint: disable=broad-except
-    return {}
+  """The config a training run recorded in DIR/run.json (flattened: {'model.name': ..., 'data.image_size':
+  ...}), or {}."""
+  from hatnet_jax import run_record  # pylint: disable=g-import-not-at-top
+  record = run_record.read(workdir) if workdir else None
+  return dict((record or {}).get('hparams') or {})
 
 
 def settings_from_flat(flat: dict[str, Any], settings: Settings | None = None) -> Settings:
   """Settings from a flattened config (trainer hparams or a ConfigDict flattened by monitor.hparams)."""
   s = settings or Settings()
-  if flat.get('model'):
-    s.model = flat['model']
-  overrides = {k.split('.', 1)[1]: _literal(v) for k, v in flat.items() if k.startswith('model_overrides.')}
+  if flat.get('model.name'):
+    s.model = flat['model.name']
+  from hatnet_jax import models  # pylint: disable=g-import-not-at-top
+  fields = {f.name for f in dataclasses.fields(models.Variant)}
+  overrides = {k.split('.', 1)[1]: _literal(v) for k, v in flat.items()
+               if k.startswith('model.') and k.split('.', 1)[1] in fields}
   if overrides:
     s.model_overrides = overrides
   for field, key in (('image_size', 'data.image_size'), ('eval_crop_ratio', 'data.eval_crop_ratio'),

@@ -57,14 +57,14 @@ def test_sweep_product_zip_chain():
 
 
 def test_point_names_are_stable_and_filesystem_safe():
-  name = sw.point_name({'drop_path_rate': 0.1, 'base_lr': 5e-4})
-  assert name == 'base_lr=0.0005,drop_path_rate=0.1'
-  assert sw.point_name({'base_lr': 5e-4, 'drop_path_rate': 0.1}) == name  # order given does not matter
+  name = sw.point_name({'model.drop_path_rate': 0.1, 'base_lr': 5e-4})
+  assert name == 'base_lr=0.0005,model.drop_path_rate=0.1'
+  assert sw.point_name({'base_lr': 5e-4, 'model.drop_path_rate': 0.1}) == name  # order given does not matter
   assert sw.point_name({'data.crop_scale': (0.6, 1.0), 'model': 'a b/c'}) == 'data.crop_scale=0.6-1.0,model=a_b_c'
   assert sw.point_name({'min_lr': 1e-5, 'remat': True}) == 'min_lr=1e-05,remat=True'
   assert sw.point_name({}) == 'base'
-  long = sw.point_name({'model_overrides.dims': tuple(range(100))})
-  other = sw.point_name({'model_overrides.dims': tuple(range(101))})
+  long = sw.point_name({'model.dims': tuple(range(100))})
+  other = sw.point_name({'model.dims': tuple(range(101))})
   assert len(long) == sw.MAX_NAME_LEN and long != other
   for n in (name, long):
     assert '/' not in n and not n.startswith(('.', '-'))
@@ -72,7 +72,7 @@ def test_point_names_are_stable_and_filesystem_safe():
 
 def test_cli_values_parse_back_through_config_flags():
   point = {'base_lr': 1e-05, 'remat': True, 'data.crop_scale': (0.5, 1.0), 'model': 'hatnet_small',
-           'data.image_size': 32, 'model_overrides.dims': (8, 16)}
+           'data.image_size': 32, 'model.dims': (8, 16)}
   config = sw.parse_config(DIGITS, [f'--config.{k}={sw.cli_value(v)}' for k, v in point.items()])
   for key, value in point.items():
     node = config
@@ -89,8 +89,8 @@ def test_cli_values_parse_back_through_config_flags():
 
 def test_make_points_validates_every_point_up_front(tmp_path):
   workdir = str(tmp_path / 'sweep')
-  with pytest.raises(sw.SweepError, match=r"no field 'drop_pth_rate'; did you mean drop_path_rate"):
-    sw.make_points(DIGITS, workdir, sw.product(sw.sweep('base_lr', [1e-3]), sw.sweep('drop_pth_rate', [0.1])))
+  with pytest.raises(sw.SweepError, match=r"no field 'model.drop_pth_rate'; did you mean model.drop_path_rate"):
+    sw.make_points(DIGITS, workdir, sw.product(sw.sweep('base_lr', [1e-3]), sw.sweep('model.drop_pth_rate', [0.1])))
   with pytest.raises(sw.SweepError, match="no field 'data.image_sise'"):
     sw.make_points(DIGITS, workdir, [{'base_lr': 1e-3}, {'data.image_sise': 8}])
   with pytest.raises(sw.SweepError, match='could not convert'):
@@ -134,8 +134,8 @@ def test_dry_run_prints_the_main_py_command_of_every_point(tmp_path):
     config = sw.parse_config(DIGITS, argv[4:])  # what main.py would train with
     assert config.num_epochs == 10  # the sweep's fixed('num_epochs', 10) wins over --config.num_epochs=1
     assert argv[3] == f'--workdir={workdir}/' + sw.point_name(
-        {'base_lr': config.base_lr, 'drop_path_rate': config.drop_path_rate, 'num_epochs': 10})
-    seen.add((config.base_lr, config.drop_path_rate))
+        {'base_lr': config.base_lr, 'model.drop_path_rate': config.model.drop_path_rate, 'num_epochs': 10})
+    seen.add((config.base_lr, config.model.drop_path_rate))
   assert seen == {(1e-3, 0.0), (1e-3, 0.1), (3e-3, 0.0), (3e-3, 0.1)}
   assert not os.path.exists(workdir)
 
@@ -161,15 +161,15 @@ def test_cli_rejects_an_unknown_key_before_running_anything(tmp_path):
 def test_names_and_tables_show_the_effective_values(tmp_path):
   # A sweep-wide --config.num_steps=20 makes the num_epochs=10 points 20-step runs: the names say so.
   points = sw.make_points(DIGITS, str(tmp_path), sw.load_sweep('configs/sweeps/digits_lr.py'), {'num_steps': 20})
-  assert points[0].name == 'base_lr=0.001,drop_path_rate=0.0,num_epochs=10,num_steps=20'
-  assert points[0].settings == {'base_lr': 1e-3, 'drop_path_rate': 0.0, 'num_epochs': 10, 'num_steps': 20}
+  assert points[0].name == 'base_lr=0.001,model.drop_path_rate=0.0,num_epochs=10,num_steps=20'
+  assert points[0].settings == {'base_lr': 1e-3, 'model.drop_path_rate': 0.0, 'num_epochs': 10, 'num_steps': 20}
   # Values are the ones the config parsed: an int given for a float field is a float.
   (point,) = sw.make_points(DIGITS, str(tmp_path), [{'base_lr': 1}])
   assert point.name == 'base_lr=1.0' and point.settings == {'base_lr': 1.0}
   # The summary table has a column per setting, and lists the sweep-wide overrides.
   sw.write_summary(points, str(tmp_path), sweep_info={'base_overrides': {'num_steps': 20}})
   md = (tmp_path / 'summary.md').read_text()
-  assert '| # | point | base_lr | drop_path_rate | num_epochs | num_steps | status |' in md
+  assert '| # | point | base_lr | model.drop_path_rate | num_epochs | num_steps | status |' in md
   assert '`--config.num_steps=20`' in md and md.count('| not-run |') == 4
 
 
