@@ -5,9 +5,11 @@
     python benchmarks/model_speed.py --model=hatnet_tiny --batch_size=16 --compare_torch
     python benchmarks/model_speed.py --model=hatnet_tiny --batch_size=128 --attention_impl=xla,cudnn --remat=0,1
     python benchmarks/model_speed.py --model=hatnet_large --find_max_batch --dtype=bfloat16
+    python benchmarks/model_speed.py --model=semfpn_hatnet_tiny --image_size=512 --batch_size=2
 
-The train step is the trainer's own (hatnet_jax.steps.train_step via experiment.Experiment: mixup, forward, backward, AdamW update,
-EMA off) jitted over a 'data' mesh of all local devices with the trainer's shardings; inputs are synthetic
+The train step is the trainer's own (hatnet_jax.steps.train_step via experiment.Experiment: the task's
+loss (classification: mixup + soft-target CE; 'semfpn_*' models: pixel CE at 512 px crops), forward,
+backward, AdamW update, EMA off) jitted over a 'data' mesh of all local devices with the trainer's shardings; inputs are synthetic
 and already on the devices. --batch_size is per device. Each figure is the median of --repeats timed
 repetitions (after --warmup untimed steps) with min and max. FLOPs come from XLA's cost analysis of the
 step lowered with the stages unrolled (XLA counts a scan body once). Prints one JSON line per
@@ -28,12 +30,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default as default_config  # noqa: E402
+from configs import seg_default as seg_config  # noqa: E402
 from hatnet_jax import experiment, layout, models, tasks  # noqa: E402
 
 # Dense bf16 peak TFLOP/s (no sparsity) by device-kind substring, for the default MFU denominator.
 PEAK_BF16_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L4': 121.0, 'TPU v5 lite': 197.0,
                     'TPU v4': 275.0, 'TPU v5p': 459.0}
 NUM_CLASSES = 1000
+SEG_CLASSES = 150  # ADE20K
 
 
 def _peak_tflops(flag_value: float | None) -> float | None:
@@ -63,10 +67,19 @@ def _peak_memory_bytes() -> tuple[int, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'host peak RSS'
 
 
+def _segmentation(args) -> bool:
+  return models.family(args.model)[1] is models.SemanticFPN
+
+
 def _config(args, dtype, remat, attention_impl, global_batch):
-  c = default_config.get_config()
+  """The trainer's config for the model: the ImageNet recipe, or the ADE20K one for 'semfpn_*' models."""
+  c = seg_config.get_config() if _segmentation(args) else default_config.get_config()
   c.model.update(name=args.model, dtype=dtype, remat=remat, attention_impl=attention_impl)
-  c.batch_size, c.data.image_size = global_batch, args.image_size
+  c.batch_size = global_batch
+  if _segmentation(args):
+    c.data.crop_size = args.image_size
+  else:
+    c.data.image_size = args.image_size
   c.num_steps, c.warmup_steps = 1000, 10
   return c
 
@@ -75,13 +88,18 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
   mesh = layout.create_mesh(jax.local_devices())
   global_batch = per_device * mesh.size
   config = _config(args, dtype, remat, attention_impl, global_batch)
-  facts = tasks.DatasetFacts(name='synthetic', num_classes=NUM_CLASSES, num_train=1000 * global_batch, num_eval=0)
+  num_classes = SEG_CLASSES if _segmentation(args) else NUM_CLASSES
+  facts = tasks.DatasetFacts(name='synthetic', num_classes=num_classes, num_train=1000 * global_batch, num_eval=0)
   exp = experiment.Experiment.create(config, mesh=mesh, facts=facts)  # the trainer's own step
   model = exp.model
   data_sharding = layout.data_sharding(mesh)
   s = args.image_size
   images = jax.device_put(np.random.RandomState(0).randn(global_batch, s, s, 3).astype(np.float32), data_sharding)
-  labels = jax.device_put(np.arange(global_batch, dtype=np.int32) % NUM_CLASSES, data_sharding)
+  if _segmentation(args):  # per-pixel labels, a tenth of them ignored
+    pixels = np.random.RandomState(1).randint(0, SEG_CLASSES + SEG_CLASSES // 9, (global_batch, s, s))
+    labels = jax.device_put(np.where(pixels >= SEG_CLASSES, 255, pixels).astype(np.int32), data_sharding)
+  else:
+    labels = jax.device_put(np.arange(global_batch, dtype=np.int32) % NUM_CLASSES, data_sharding)
   batch = {'image': images, 'label': labels}
   result = dict(model=args.model, backend=jax.default_backend(), device=jax.devices()[0].device_kind,
                 num_devices=mesh.size, batch_per_device=per_device, image_size=s, dtype=dtype, remat=remat,
@@ -261,7 +279,7 @@ def main(argv=None):
       row = bench_jax(args, dtype, remat, impl, int(b))
       if args.find_max_batch:
         row['max_batch'] = True
-      if args.compare_torch:
+      if args.compare_torch and not _segmentation(args):  # the PyTorch reference is the classifier
         row.update(bench_torch(args, dtype, int(b)))
         for kind in ('train', 'infer'):
           if f'torch_{kind}_images_per_s' in row and f'{kind}_images_per_s' in row:

@@ -11,8 +11,37 @@ best checkpoint). `init_from` takes an ImageNet checkpoint of the backbone (a co
 classification run's DIR/checkpoints/STEP/state: the neck and head start fresh) or a whole converted
 mmseg model (`python -m hatnet_jax.convert --task=segmentation`).
 """
+import ml_collections
+
 from configs import default
-from hatnet_jax.data import seg_pipeline
+
+
+def data_config():
+  """config.data of the ADE20K recipe (the fields hatnet_jax.data.seg_pipeline reads)."""
+  d = ml_collections.ConfigDict()
+  d.dataset = 'ade20k'  # 'ade20k' | 'digit_scenes' | 'digit_scenes/small' | 'seg_folder'
+  # Typed, so that --config.data.data_dir=... can set a field that defaults to None.
+  d.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir (None: TFDS default)
+  d.manual_dir = ml_collections.FieldReference(None, field_type=str)  # ADEChallengeData2016 / seg folder root
+  d.train_split = 'train'
+  d.eval_split = 'validation'  # falls back to 'test' where there is no 'validation'
+  d.eval_batch_size = 0  # global; 0: batch_size
+  d.crop_size = 512  # training crop (and the size it is padded to)
+  d.scale = (2048, 512)  # Resize / AlignResize img_scale (long, short)
+  d.ratio_range = (0.5, 2.0)  # training: random ratio of `scale`
+  d.cat_max_ratio = 0.75  # training crop: retried (10x) while one class covers more of it
+  d.hflip_prob = 0.5
+  d.photometric = True  # mmseg's PhotoMetricDistortion
+  d.mean = (0.485, 0.456, 0.406)  # on [0, 1] pixels: mmseg's 123.675/58.395 ... divided by 255
+  d.std = (0.229, 0.224, 0.225)
+  d.ignore_index = 255
+  d.align = 32  # evaluation: AlignResize size divisor
+  d.prefetch = 2
+  d.threads = 0
+  d.cache = False
+  d.num_classes = 0  # seg_folder only (0: from its classes.txt)
+  d.reduce_zero_label = True  # seg_folder: label 0 -> ignored, k -> k - 1 (ADE20K always)
+  return d
 
 
 def get_config():
@@ -22,7 +51,7 @@ def get_config():
   c.model.drop_path_rate = 0.1
   c.model.head_drop_rate = 0.1  # FPNHead's dropout before the classifier
   del c['mixup']  # classification only
-  c.data = seg_pipeline.default_data_config()  # ADE20K (ADEChallengeData2016) and the mmseg transforms
+  c.data = data_config()  # ADE20K (ADEChallengeData2016) and the mmseg transforms
 
   c.batch_size = 32
   c.base_lr = 2e-4

@@ -10,7 +10,17 @@ as ADE20K run at 1/8 of its scale (crop 64, scale (256, 64)); evaluation is whol
 size, mIoU over 11 classes. `--config=configs/seg_digits.py:tiny` is a smoke-test size for the tests.
 """
 from configs import seg_default
-from hatnet_jax.data import seg_pipeline
+
+
+def data_config(small: bool = False):
+  """config.data for digit scenes: the ADE20K transforms at 1/8 of its scale (64-96 px scenes)."""
+  d = seg_default.data_config()
+  d.dataset = 'digit_scenes/small' if small else 'digit_scenes'
+  d.eval_split = 'test'
+  d.crop_size = 64
+  d.scale = (256, 64)
+  d.cache = True
+  return d
 
 
 def get_config(variant: str = ''):
@@ -20,8 +30,12 @@ def get_config(variant: str = ''):
                       grid_sizes=(2, 1, 1, 1), ds_ratios=(2, 1, 1, 1), kernel_sizes=(3, 3, 3, 3), stem_dim=16,
                       neck_channels=64, head_channels=32))
   c.model.drop_path_rate = 0.0
-  c.data = seg_pipeline.digit_scenes_data_config()  # 3,000 train / 300 test scenes, 64-96 px
-  c.data.eval_batch_size = 64
+  c.data = data_config()  # 3,000 train / 300 test scenes, 64-96 px
+  # Digits are 20-44 px in scenes of 64-96 px: scale (384, 96) and ratios 0.75-1.5 keep them large enough to
+  # tell apart after the resize (ADE20K's 0.5-2 of (2048, 512), scaled down, would shrink some to 8 px).
+  c.data.scale = (384, 96)
+  c.data.ratio_range = (0.75, 1.5)
+  c.data.eval_batch_size = 60
 
   c.batch_size = 32
   c.base_lr = 4e-3  # from scratch (no ImageNet backbone here): a higher rate with a short warmup
@@ -37,7 +51,7 @@ def get_config(variant: str = ''):
   c.log_images_count = 4
 
   if variant == 'tiny':
-    c.data = seg_pipeline.digit_scenes_data_config(small=True)  # 96 train / 40 test scenes
+    c.data = data_config(small=True)  # 96 train / 40 test scenes
     c.data.eval_batch_size = 16
     c.data.photometric = False
     c.model.update(dict(dims=(8, 16), depths=(1, 1), expansions=(2, 2), grid_sizes=(2, 1), ds_ratios=(2, 1),

@@ -9,6 +9,7 @@ torch is imported only to read a .pth file; a state dict of numpy arrays convert
 """
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -136,18 +137,75 @@ def _fill(state: Mapping[str, np.ndarray], layout: Layout, expected: Mapping, ig
     else:
       stacked.setdefault((collection,) + path, np.zeros(target.shape, np.float32))[index] = value
   if problems:
-    raise ValueError(f'checkpoint does not match {what}:\n  ' + '\n  '.join(problems))
+    shown = problems[:_MAX_LISTED] + ([f'... and {len(problems) - _MAX_LISTED} more mismatches']
+                                      if len(problems) > _MAX_LISTED else [])
+    raise ConversionError(f'checkpoint does not match {what}:\n  ' + '\n  '.join(shown), problems)
 
   return traverse_util.unflatten_dict(stacked)
 
 
+class ConversionError(ValueError):
+  """A checkpoint that does not fit the model; `problems` lists every mismatch."""
+
+  def __init__(self, message: str, problems=()):
+    super().__init__(message)
+    self.problems = list(problems)
+
+
+_MAX_LISTED = 12  # mismatches shown in a message (all of them are in ConversionError.problems)
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads an official .pth without executing pickled code (torch.load(weights_only=True))."""
+  """Reads an official .pth without executing pickled code (torch.load(weights_only=True)); a
+  ValueError/FileNotFoundError that names the file and says what it is when it cannot be read."""
   import argparse as _argparse  # DeiT-style training checkpoints also pickle their argparse.Namespace
   import torch
-  with torch.serialization.safe_globals([_argparse.Namespace]):
-    obj = torch.load(os.fspath(path), map_location='cpu', weights_only=True)
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} does not exist (or is not a file): give the .pth file of the weights')
+  with open(path, 'rb') as f:
+    head = f.read(8)
+  try:
+    with torch.serialization.safe_globals([_argparse.Namespace]):
+      obj = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    # Never suggest weights_only=False (torch's own advice): that would run whatever code the file holds.
+    del e
+    if head.startswith(b'PK'):
+      what = 'a damaged or truncated PyTorch checkpoint (its zip archive cannot be read); download it again'
+    elif head.startswith(b'\x80'):  # a pickle (legacy torch.save format) with more than tensors in it
+      what = ('a pickle that holds objects other than tensors; this converter loads tensors only and never '
+              'runs code from a file. Re-save the state dict alone (torch.save(model.state_dict(), ...))')
+    else:
+      what = (f'not a PyTorch checkpoint (it starts with {head!r}); give the official HAT-Net .pth '
+              '(e.g. HAT-Net_Tiny.pth) or an mmseg checkpoint with --task=segmentation')
+    raise ValueError(f'{path} is {what}.') from None
   return _unwrap(obj)
+
+
+def _variant_hint(convert, state, model: str, num_classes: int | None) -> str:
+  """' The shapes fit X: use --model=X.' when another variant of the family takes every array."""
+  prefix = 'semfpn_' if models.family(model)[1] is models.SemanticFPN else ''
+  for name in models.VARIANTS:
+    other = prefix + name
+    if other == model:
+      continue
+    try:
+      convert(state, other, num_classes)
+    except ValueError:
+      continue
+    return f'\nThe shapes fit {other}: use --model={other}.'
+  return ''
+
+
+def _with_variant_hint(convert, state, model, num_classes):
+  try:
+    return convert(state, model, num_classes)
+  except ConversionError as e:
+    hint = _variant_hint(convert, state, model, num_classes)
+    if not hint:
+      raise
+    raise ConversionError(str(e) + hint, e.problems) from None
 
 
 def _unwrap(obj) -> dict[str, np.ndarray]:
@@ -181,6 +239,12 @@ def from_pytorch(path_or_state_dict, model: str, num_classes: int | None = None,
     if 'classifier.1.weight' not in state:
       raise ValueError('no classifier.1.weight in the state dict: is this a HAT-Net checkpoint?')
     num_classes = state['classifier.1.weight'].shape[0]
+  if overrides:
+    return _classifier_params(state, model, num_classes, **overrides)
+  return _with_variant_hint(_classifier_params, state, model, num_classes)
+
+
+def _classifier_params(state, model, num_classes, **overrides):
   net = models.create(model, num_classes=num_classes, **overrides)
   expected = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
   layout = {k: ('params',) + v for k, v in _layout(net.variant).items()}
@@ -207,6 +271,12 @@ def from_mmseg(path_or_state_dict, model: str, num_classes: int | None = None, *
     if 'decode_head.conv_seg.weight' not in state:
       raise ValueError('no decode_head.conv_seg.weight in the state dict: is this an mmseg Semantic FPN checkpoint?')
     num_classes = state['decode_head.conv_seg.weight'].shape[0]
+  if overrides:
+    return _segmentation_variables(state, model, num_classes, **overrides)
+  return _with_variant_hint(_segmentation_variables, state, model, num_classes)
+
+
+def _segmentation_variables(state, model, num_classes, **overrides):
   net = models.create(model, num_classes=num_classes, **overrides)
   expected = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
   layout = _seg_layout(net.variant)
@@ -241,16 +311,20 @@ def main(argv=None):
   segmentation = models.family(args.model)[1] is models.SemanticFPN
   if segmentation != (args.task == 'segmentation'):
     parser.error(f'--model {args.model} does not fit --task={args.task} (segmentation models are semfpn_*)')
-  if segmentation:
-    variables = from_mmseg(args.input, args.model)
-    params = variables['params']
-    save(params, args.output, batch_stats=variables['batch_stats'])
-  else:
-    params = from_pytorch(args.input, args.model)
-    save(params, args.output)
+  try:
+    if segmentation:
+      variables = from_mmseg(args.input, args.model)
+      params = variables['params']
+    else:
+      variables, params = None, from_pytorch(args.input, args.model)
+  except (ValueError, OSError) as e:  # the file: its message names it and says what to do
+    print(f'Error: {e}', file=sys.stderr)
+    return 1
+  save(params, args.output, batch_stats=None if variables is None else variables['batch_stats'])
   count = sum(np.size(x) for x in jax.tree.leaves(params))
   print(f'wrote {args.model} ({count:,} parameters) to {os.path.abspath(args.output)}')
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -145,6 +145,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   workdir = prepare_workdir(workdir)
   _log_run(exp, 'Training')
   record = run_record.RunRecord(workdir)  # DIR/run.json: what sweeps and other tools read
+  if exp.facts.class_names and jax.process_index() == 0:  # for `python -m hatnet_jax.predict --weights=DIR`
+    with open(os.path.join(workdir, 'class_names.txt'), 'w') as f:
+      f.write('\n'.join(exp.facts.class_names) + '\n')
   try:
     state, loop = _train(exp, workdir, record)
   except BaseException as e:
@@ -249,9 +252,10 @@ class _Loop:
     if stopping or evaluating or done % config.checkpoint_every_steps == 0:
       if (error := _nonfinite_error(state, self.ckpt)) is not None:
         raise error
-      self.ckpt.save(done, state)  # before evaluating: a failing evaluation loses no training
+      self.ckpt.save(done, state)
       self.record.update(step=done, checkpoint_step=done)
     if evaluating:
+      self.ckpt.wait_until_finished()  # committed before evaluating: a failing evaluation loses no training
       metrics = evaluate(exp, state)
       self.writer.write_scalars(done, _scalars(metrics))
       task_metrics = _task_metrics(metrics)

@@ -35,6 +35,7 @@ def test_explicit_path_matches_fused(model_and_vars, size):
     np.testing.assert_allclose(np.asarray(w).sum(-1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_attention_maps_shapes(model_and_vars):
   model, variables = model_and_vars
   x = jnp.zeros((2, 64, 64, 3)) + jnp.linspace(-1, 1, 64)[None, :, None, None]
@@ -62,6 +63,7 @@ def test_attention_images(model_and_vars):
   assert np.mean(np.abs(imgs[0, :, :64].astype(int) - _photo(64).astype(int)) > 2) < 0.05
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path, capsys):
   model = common.small_model()
   common.save_weights(str(tmp_path / 'weights'), model)

@@ -27,18 +27,22 @@ def load_config(path):
 
 def test_all_expected_configs_exist():
   names = {os.path.basename(p) for p in CONFIGS}
-  assert {'default.py', 'digits.py'} | {f'{v}.py' for v in VARIANTS} <= names
+  assert {'default.py', 'digits.py', 'seg_default.py', 'seg_digits.py'} | {f'{v}.py' for v in VARIANTS} \
+      | {f'seg_fpn_{v}.py' for v in VARIANTS} <= names
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
 def test_config_loads_and_builds_its_model(path):
   config = load_config(path)
-  num_classes = 10 if config.data.dataset == 'digits' else 1000
-  model = tasks.create(config).create_model(num_classes)
-  size = config.data.image_size
+  task = tasks.create(config)
+  task.validate()
+  segmentation = config.task == 'segmentation'
+  num_classes = {'digits': 10, 'digit_scenes': 11}.get(config.data.dataset, 150 if segmentation else 1000)
+  model = task.create_model(num_classes)
+  size = task.init_input().shape[1]
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))
   logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, size, size, 3)), train=False), variables)
-  assert logits.shape == (2, num_classes)
+  assert logits.shape == ((2, size, size, num_classes) if segmentation else (2, num_classes))
   if config.model.name in VARIANTS and num_classes == 1000:
     assert sum(x.size for x in jax.tree.leaves(variables)) == PARAM_COUNTS[config.model.name]
 
@@ -79,3 +83,16 @@ def test_a_misspelt_field_gets_one_paragraph_with_the_suggestion(tmp_path):
       "Error: --config.batch_sise: the config has no field 'batch_sise'; check the spelling against the config "
       'file (unknown fields are rejected).',
       'Did you mean --config.batch_size?']
+
+
+@pytest.mark.parametrize('name', sorted(VARIANTS))
+def test_segmentation_configs_follow_the_pvt_mmseg_recipe(name):
+  c = load_config(os.path.join(REPO, 'configs', f'seg_fpn_{name}.py'))
+  assert c.task == 'segmentation' and c.model.name == f'semfpn_{name}' and c.data.dataset == 'ade20k'
+  assert (c.batch_size, c.base_lr * c.batch_size / c.lr_base_batch, c.weight_decay) == (32, 2e-4, 1e-4)
+  assert (c.weight_decay_on, c.lr_schedule, c.lr_power, c.min_lr) == ('all', 'poly', 0.9, 0.0)
+  assert (c.num_steps, c.warmup_steps, c.eval_every_steps) == (40_000, 0, 4_000)
+  assert (c.model.drop_path_rate, c.model.head_drop_rate) == (0.1, 0.1)
+  d = c.data
+  assert (d.crop_size, d.scale, d.ratio_range, d.cat_max_ratio, d.hflip_prob, d.photometric, d.align) == (
+      512, (2048, 512), (0.5, 2.0), 0.75, 0.5, True, 32)

@@ -100,3 +100,31 @@ def test_command_line_writes_a_restorable_orbax_checkpoint(tmp_path, capsys):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(SystemExit):  # refuses to overwrite
     convert.main(['--model=hatnet_tiny', f'--input={tmp_path / "HAT-Net_Tiny.pth"}', f'--output={out}'])
+
+
+def test_every_converter_failure_names_the_file_and_the_fix(tmp_path, capsys):
+  """Bad inputs end in one 'Error: ...' paragraph (exit 1), never torch's weights_only=False advice, and
+  leave no output directory behind."""
+  tiny = tmp_path / 'tiny.pth'
+  torch.save(_torch_model('hatnet_tiny').state_dict(), tiny)
+  data = tiny.read_bytes()
+  cases = {
+      'text.pth': (b'hello, not weights\n', 'is not a PyTorch checkpoint'),
+      'random.pth': (np.random.default_rng(0).bytes(2000), 'is not a PyTorch checkpoint'),
+      'truncated.pth': (data[:len(data) // 2], 'is a damaged or truncated PyTorch checkpoint'),
+  }
+  for name, (content, message) in cases.items():
+    (tmp_path / name).write_bytes(content)
+    out = tmp_path / f'out_{name}'
+    assert convert.main(['--model=hatnet_tiny', f'--input={tmp_path / name}', f'--output={out}']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'Error: {tmp_path / name} {message}') and 'weights_only' not in err, err
+    assert not out.exists()
+  # Official tiny weights converted as small: the mismatches, and which variant they fit.
+  assert convert.main(['--model=hatnet_small', f'--input={tiny}', f'--output={tmp_path / "out_small"}']) == 1
+  err = capsys.readouterr().err
+  assert 'checkpoint does not match hatnet_small' in err and 'more mismatches' in err
+  assert err.strip().endswith('The shapes fit hatnet_tiny: use --model=hatnet_tiny.')
+  assert len(err.splitlines()) < 20 and not (tmp_path / 'out_small').exists()
+  assert convert.main(['--model=hatnet_tiny', f'--input={tmp_path / "missing.pth"}', f'--output={tmp_path / "o"}']) == 1
+  assert 'missing.pth does not exist' in capsys.readouterr().err

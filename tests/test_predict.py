@@ -69,6 +69,7 @@ def test_predict_directory_csv_json(setup, capsys):
   assert float(table[1][3]) == pytest.approx(rows[0]['predictions'][0]['prob'], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_training_checkpoint_and_index_names(setup, tmp_path, capsys):
   """A training workdir (DIR/checkpoints/STEP/state with more than params) works as --weights."""
   _, model, variables, photo = setup
@@ -88,6 +89,7 @@ def test_training_checkpoint_and_index_names(setup, tmp_path, capsys):
   assert f'{int(np.argmax(probs))} {100 * probs.max():.1f}%' in out.out  # no names known: indices
 
 
+@pytest.mark.slow
 def test_errors_are_actionable(setup, tmp_path, capsys):
   tmp, _, _, photo = setup
   # A directory without a checkpoint: says which paths would work, exit 2, no traceback.
@@ -118,6 +120,7 @@ def test_imagenet_class_names():
   assert got == ['0', '1', '2', '3'] and 'indices' in source
 
 
+@pytest.mark.slow
 def test_digits_run_class_names():
   s = inference.Settings(num_classes=10, dataset='digits')
   names, source = inference.class_names(s)

@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 tf = pytest.importorskip('tensorflow')
 pytest.importorskip('tensorflow_datasets')
 
+from configs import seg_default, seg_digits
 from hatnet_jax.data import ade20k, digit_scenes, seg_pipeline, seg_sources, seg_transforms, testing  # pylint: disable=g-import-not-at-top
 
 ADE_SIZES = [(40, 30), (52, 36), (33, 47)]  # (width, height) of the fake images
@@ -43,7 +44,7 @@ def make_fake_ade(root, n_train=6, n_val=4, seed=0):
 
 
 def data_config(**kw):
-  d = seg_pipeline.default_data_config()
+  d = seg_default.data_config()
   d.prefetch = 1
   d.threads = 2
   d.update(kw)
@@ -75,7 +76,7 @@ def ade(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def scenes(tmp_path_factory):
-  d = seg_pipeline.digit_scenes_data_config(small=True)
+  d = seg_digits.data_config(small=True)
   d.data_dir = str(tmp_path_factory.mktemp('tfds'))
   d.prefetch = 1
   d.threads = 2

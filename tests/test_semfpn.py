@@ -79,6 +79,7 @@ def test_backbone_params_from_classifier_is_pure_and_checks():
     models.backbone_params_from_classifier({'backbone': {}, 'stem_conv1': {}})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('hw', [(128, 128), (100, 140)])
 def test_shapes_of_maps_logits_and_output(hw):
   """Real tiny, shapes only: FPN maps at ceil(H / stride), head logits at level 0, output at the input size."""
@@ -107,7 +108,7 @@ def micro_pair():
                                  'semfpn_hatnet_tiny', **MICRO)
 
 
-@pytest.mark.parametrize('hw', [(128, 128), (100, 140)])
+@pytest.mark.parametrize('hw', [pytest.param((128, 128), marks=pytest.mark.slow), (100, 140)])
 def test_eval_logits_match_pytorch_mmseg_reference(micro_pair, hw):
   net, variables = micro_pair
   x = np.random.RandomState(0).randn(1, 3, *hw).astype(np.float32)
@@ -164,6 +165,7 @@ def test_from_mmseg_lists_all_mismatches(micro_pair):
   assert convert.from_mmseg(sd, 'semfpn_hatnet_tiny', num_classes=150, **MICRO)['params']['neck']
 
 
+@pytest.mark.slow
 def test_command_line_segmentation_writes_params_and_batch_stats(micro_pair, tmp_path, monkeypatch, capsys):
   import orbax.checkpoint as ocp
   net, expected = micro_pair
@@ -182,6 +184,7 @@ def test_command_line_segmentation_writes_params_and_batch_stats(micro_pair, tmp
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_batchnorm_stats_update_in_train_mode_only():
   seg = models.create('semfpn_hatnet_tiny', num_classes=5, **MICRO)
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
@@ -217,6 +220,7 @@ def test_resizes_equal_torch_interpolate(src, dst):
   np.testing.assert_array_equal(np.asarray(resize.nearest(xh, dst)), ref_nn.numpy().transpose(0, 2, 3, 1))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_norms_and_logits():
   kw = dict(num_classes=5, **MICRO)
   f32, bf16 = (models.create('semfpn_hatnet_tiny', dtype=d, **kw) for d in ('float32', 'bfloat16'))

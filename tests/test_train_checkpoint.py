@@ -188,3 +188,21 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_restore
   assert sorted(os.listdir(directory)) == ['1.damaged', '2.damaged']
   assert mngr.restore_latest(_abstract(*states[1])) is None  # nothing left: a fresh start
   mngr.close()
+
+
+def test_a_classifier_checkpoint_loads_into_a_segmentation_backbone(tmp_path):
+  from hatnet_jax import convert, models  # pylint: disable=g-import-not-at-top
+  small = dict(dims=(8, 16), head_dim=8, depths=(1, 1), expansions=(2, 2), grid_sizes=(2, 1), ds_ratios=(2, 1),
+               kernel_sizes=(3, 3), stem_dim=8)
+  x = jnp.zeros((1, 32, 32, 3))
+  classifier = models.create('hatnet_tiny', num_classes=10, **small)
+  cls_params = jax.jit(lambda: classifier.init(jax.random.PRNGKey(1), x, train=False))()['params']
+  convert.save(cls_params, str(tmp_path / 'cls'))
+  seg = models.create('semfpn_hatnet_tiny', num_classes=5, neck_channels=8, head_channels=8, **small)
+  seg_params = jax.jit(lambda: seg.init(jax.random.PRNGKey(2), x, train=False))()['params']
+  loaded = checkpoint.load_params(str(tmp_path / 'cls'), seg_params)
+  _assert_bitwise_equal(loaded['backbone'], models.backbone_params_from_classifier(cls_params))
+  _assert_bitwise_equal(loaded['neck'], seg_params['neck'])  # the neck and head start fresh
+  _assert_bitwise_equal(loaded['decode_head'], seg_params['decode_head'])
+  with pytest.raises(ValueError, match='holds only the backbone of the model, but evaluation needs every'):
+    checkpoint.load_params(str(tmp_path / 'cls'), seg_params, require_all=True)

@@ -183,7 +183,8 @@ def test_ctrl_c_saves_at_the_reached_step_and_a_restart_continues_bitwise(refere
   _assert_same_final_state(workdir, reference[0])
 
 
-@pytest.mark.parametrize('how', ['truncate', 'delete', 'json'])
+@pytest.mark.parametrize('how', ['truncate', pytest.param('delete', marks=pytest.mark.slow),
+                                 pytest.param('json', marks=pytest.mark.slow)])
 def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_ends_bitwise(reference, shared, tmp_path, how):
   from tests.test_train_checkpoint import _damage  # pylint: disable=g-import-not-at-top
   ref_dir, _ = reference

@@ -240,7 +240,34 @@ def _normalize_fn(mean, std, sharding):
   return jax.jit(lambda x: augment_lib.normalize(x, mean, std), out_shardings=sharding)
 
 
-class TrainIterator:
+class GlobalBatches:
+  """Base of the iterators: a host tf.data pipeline's numpy batches (this process's rows) become global
+  jax.Arrays in `_produce`, run ahead by `prefetch` batches in a thread. Subclasses set their fields,
+  then call `super().__init__` last (the thread starts producing at once)."""
+
+  def __init__(self, host_ds, sharding, prefetch):
+    self._np_iter = host_ds.as_numpy_iterator()
+    self._sharding = sharding
+    self._prefetcher = _Prefetcher(self._produce, prefetch)
+
+  def _produce(self):
+    raise NotImplementedError
+
+  def _global(self, local, shape):
+    """One global array of `shape` from this process's rows."""
+    return jax.make_array_from_process_local_data(self._sharding, local, shape)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return self._prefetcher.get()
+
+  def close(self):
+    self._prefetcher.close()
+
+
+class TrainIterator(GlobalBatches):
   """Iterator of global training batches dict(image f32 [B,S,S,3], label int32 [B]).
 
   Attributes: `step` (the step of the next batch), `num_skipped` (corrupt images replaced so far in
@@ -249,9 +276,7 @@ class TrainIterator:
 
   def __init__(self, host_ds, sharding, global_batch, image_size, seed, aug_cfg, start_step, prefetch,
                name_failures=None):
-    self._np_iter = host_ds.as_numpy_iterator()
     self._name_failures = name_failures  # (step, local rows) -> names of the examples that failed
-    self._sharding = sharding
     self._global_batch = global_batch
     self._image_shape = (global_batch, image_size, image_size, 3)
     self.step = int(start_step)
@@ -259,23 +284,18 @@ class TrainIterator:
     self.num_skipped = 0
     self._seed = int(seed)
     self._augment = _augment_fn(aug_cfg, sharding)
-    self._prefetcher = _Prefetcher(self._produce, prefetch)
+    super().__init__(host_ds, sharding, prefetch)
 
   def _produce(self):
     local = next(self._np_iter)
-    images = jax.make_array_from_process_local_data(self._sharding, local['image'],
-                                                    self._image_shape)
-    labels = jax.make_array_from_process_local_data(self._sharding, local['label'],
-                                                    (self._global_batch,))
+    images = self._global(local['image'], self._image_shape)
+    labels = self._global(local['label'], (self._global_batch,))
     step = self._produced_step
     self._produced_step += 1
     images = self._augment(images, np.uint32(self._seed & 0xFFFFFFFF), np.int32(step))
     failed_rows = np.nonzero(local['skipped'] > 0)[0]
     names = self._name_failures(step, failed_rows) if self._name_failures and failed_rows.size else []
     return dict(image=images, label=labels), (int(local['skipped'].sum()), names)
-
-  def __iter__(self):
-    return self
 
   def __next__(self):
     batch, (skipped, names) = self._prefetcher.get()
@@ -288,9 +308,6 @@ class TrainIterator:
 
   def get_state(self):
     return {'step': self.step}
-
-  def close(self):
-    self._prefetcher.close()
 
 
 class CorruptImageError(ValueError):
@@ -315,19 +332,18 @@ def undecodable_examples(src, global_batch, batch_index, rows, indices=None) -> 
   return bad
 
 
-class EvalIterator:
+class EvalIterator(GlobalBatches):
   """One pass over the eval split: dict(image f32, label int32, mask f32) global batches."""
 
   def __init__(self, host_ds, sharding, global_batch, image_size, mean, std, num_batches, prefetch,
                src=None, rows=(0, 0)):
-    self._np_iter = host_ds.as_numpy_iterator()
     self._src, self._rows, self._batch_index = src, rows, 0
     self._sharding = sharding
     self._global_batch = global_batch
     self._image_shape = (global_batch, image_size, image_size, 3)
     self.num_batches = num_batches
     self._normalize = _normalize_fn(tuple(mean), tuple(std), sharding)
-    self._prefetcher = _Prefetcher(self._produce, prefetch)
+    super().__init__(host_ds, sharding, prefetch)
 
   def _produce(self):
     try:
@@ -339,22 +355,13 @@ class EvalIterator:
                               f'{getattr(self._src, "split", "?")!r} could not be decoded (evaluation never '
                               f'skips examples; fix or remove them):\n  {names}') from None
     self._batch_index += 1
-    make = lambda x, shape: jax.make_array_from_process_local_data(self._sharding, x, shape)
+    make = self._global
     images = self._normalize(make(local['image'], self._image_shape))
     return dict(image=images, label=make(local['label'], (self._global_batch,)),
                 mask=make(local['mask'].astype(np.float32), (self._global_batch,)))
 
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    return self._prefetcher.get()
-
   def __len__(self):
     return self.num_batches
-
-  def close(self):
-    self._prefetcher.close()
 
 
 def eval_batch_size(config):

@@ -5,7 +5,7 @@
     for batch in seg_pipeline.create_eval_iterator(config, mesh):
       ...  # image f32 [B, Ha, Wa, 3], label int32 [B, Hl, Wl], orig_size int32 [B, 2], mask f32 [B]
 
-Config fields read (`default_data_config()` gives defaults; `config.seed`, `config.batch_size` too):
+Config fields read (configs/seg_default.py and seg_digits.py set them; `config.seed`, `config.batch_size` too):
   data.dataset          'ade20k' | 'digit_scenes' | 'digit_scenes/small' | 'seg_folder'
   data.data_dir         TFDS data dir (ade20k, digit_scenes)
   data.manual_dir       ade20k: ADEChallengeData2016 (unpacked or its zip); seg_folder: its root
@@ -52,34 +52,6 @@ from hatnet_jax.data import seg_transforms
 from hatnet_jax.data.tf_host import tf
 
 _SALT_AUG = 0x5E6A
-
-
-def default_data_config():
-  """Data defaults of the ADE20K Semantic FPN recipe (configs/seg_default.py starts from these)."""
-  d = ml_collections.ConfigDict(dict(
-      dataset='ade20k', train_split='train',
-      eval_split='validation', eval_batch_size=0, crop_size=512, scale=(2048, 512),
-      ratio_range=(0.5, 2.0), cat_max_ratio=0.75, hflip_prob=0.5, photometric=True,
-      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), ignore_index=255, align=32,
-      prefetch=2, threads=0, cache=False, num_classes=0, reduce_zero_label=True))
-  # Typed, so that --config.data.data_dir=... can set a field that defaults to None.
-  d.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir (None: TFDS default)
-  d.manual_dir = ml_collections.FieldReference(None, field_type=str)  # ADEChallengeData2016 / seg folder root
-  return d
-
-
-def digit_scenes_data_config(small=False):
-  """A demo-sized variant for 'digit_scenes' (64-96 px scenes): scale and crop at 1/8 of ADE20K's."""
-  d = default_data_config()
-  d.dataset = 'digit_scenes/small' if small else 'digit_scenes'
-  d.eval_split = 'test'
-  d.crop_size = 64
-  d.scale = (256, 64)
-  d.align = 32
-  d.cache = True
-  return d
-
-
 
 
 def _reduce_zero_label(d, info):
@@ -167,7 +139,7 @@ def _normalize_fn(mean, std, sharding):
   return _JIT[key]
 
 
-class SegTrainIterator:
+class SegTrainIterator(pipeline.GlobalBatches):
   """Global training batches dict(image f32 [B,C,C,3], label int32 [B,C,C]); `step`, `get_state()`.
 
   `num_skipped` is always 0: an undecodable training example stops the run with its file name.
@@ -176,9 +148,7 @@ class SegTrainIterator:
   num_skipped = 0
 
   def __init__(self, host_ds, src, d, sharding, global_batch, seed, start_step, reduce_zero_label):
-    self._np_iter = host_ds.as_numpy_iterator()
     self._src = src
-    self._sharding = sharding
     self._global_batch = global_batch
     self._crop = int(d.crop_size)
     self._seed = int(seed)
@@ -186,7 +156,7 @@ class SegTrainIterator:
     self._device_fn = _train_device_fn(tuple(d.mean), tuple(d.std), sharding)
     self.step = int(start_step)
     self._produced_step = int(start_step)
-    self._prefetcher = pipeline._Prefetcher(self._produce, int(d.prefetch))  # pylint: disable=protected-access
+    super().__init__(host_ds, sharding, int(d.prefetch))
 
   def _produce(self):
     step = self._produced_step
@@ -195,7 +165,7 @@ class SegTrainIterator:
     except tf.errors.InvalidArgumentError as e:
       raise RuntimeError(self._describe_error(step, e)) from e
     b, c = self._global_batch, self._crop
-    make = lambda x, shape: jax.make_array_from_process_local_data(self._sharding, x, shape)
+    make = self._global
     images = make(local['image'], (b, c, c, 3))
     valid = make(local['valid'], (b, 2))
     self._produced_step += 1
@@ -209,9 +179,6 @@ class SegTrainIterator:
     return (f'Training data could not be read at step {step}: '
             f'{bad or getattr(e, "message", str(e))}')
 
-  def __iter__(self):
-    return self
-
   def __next__(self):
     batch = self._prefetcher.get()
     self.step += 1
@@ -219,9 +186,6 @@ class SegTrainIterator:
 
   def get_state(self):
     return {'step': self.step}
-
-  def close(self):
-    self._prefetcher.close()
 
 
 def create_train_iterator(config, mesh, start_step=0):
@@ -294,23 +258,21 @@ def eval_dataset(src, d, plan, lo, hi, threads=None, reduce_zero_label=True):
   return ds.prefetch(2).with_options(pipeline._options(d, threads))  # pylint: disable=protected-access
 
 
-class SegEvalIterator:
+class SegEvalIterator(pipeline.GlobalBatches):
   """One exact pass: dict(image f32 [B,Ha,Wa,3], label int32 [B,Hl,Wl], orig_size int32 [B,2],
   mask f32 [B]). `plan` lists the batches (indices, mask, shapes); `groups` the distinct shapes."""
 
   def __init__(self, host_ds, src, d, plan, sharding, global_batch, reduce_zero_label):
-    self._np_iter = host_ds.as_numpy_iterator()
     self._src = src
     self.plan = plan
     self.groups = sorted(collections.Counter((b.aligned, b.label_hw) for b in plan).items())
     self.num_batches = len(plan)
     self.num_examples = len(src)
-    self._sharding = sharding
     self._global_batch = global_batch
     self._check = _decode_check(reduce_zero_label, int(d.ignore_index))
     self._normalize = _normalize_fn(tuple(d.mean), tuple(d.std), sharding)
     self._k = 0
-    self._prefetcher = pipeline._Prefetcher(self._produce, int(d.prefetch))  # pylint: disable=protected-access
+    super().__init__(host_ds, sharding, int(d.prefetch))
 
   def _produce(self):
     k = self._k
@@ -320,29 +282,21 @@ class SegEvalIterator:
       local = next(self._np_iter)
     except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
       bad = _find_bad_example(self._src, self.plan[k].indices, self._check)
-      raise RuntimeError(f'An evaluation example could not be read (evaluation never skips): '
-                         f'{bad or getattr(e, "message", str(e))}') from e
+      raise pipeline.CorruptImageError(
+          f'Evaluation stopped: an example of the eval split {self._src.split!r} could not be read (evaluation '
+          f'never skips examples; fix or remove it): {bad or getattr(e, "message", str(e))}') from None
     self._k += 1
     b = self._global_batch
     (ah, aw), (lh, lw) = self.plan[k].aligned, self.plan[k].label_hw
-    make = lambda x, shape: jax.make_array_from_process_local_data(self._sharding, x, shape)
+    make = self._global
     full = np.tile(np.array([[ah, aw]], np.int32), (local['image'].shape[0], 1))
     images = self._normalize(make(local['image'], (b, ah, aw, 3)), make(full, (b, 2)))
     return dict(image=images, label=make(local['label'], (b, lh, lw)),
                 orig_size=make(local['orig_size'], (b, 2)),
                 mask=make(local['mask'].astype(np.float32), (b,)))
 
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    return self._prefetcher.get()
-
   def __len__(self):
     return self.num_batches
-
-  def close(self):
-    self._prefetcher.close()
 
 
 def create_eval_iterator(config, mesh):
