@@ -198,6 +198,22 @@ def _variant_hint(convert, state, model: str, num_classes: int | None) -> str:
   return ''
 
 
+def _convert(path_or_state_dict, convert, classifier_key: str, what: str, model: str, num_classes, overrides):
+  """Reads the file (or unwraps the state dict), takes num_classes from `classifier_key` when not given,
+  and converts; a mismatch of the default variant fields names the variant the shapes fit, if any."""
+  if isinstance(path_or_state_dict, (str, os.PathLike)):
+    state = load_state_dict(path_or_state_dict)
+  else:
+    state = _unwrap(path_or_state_dict)
+  if num_classes is None:
+    if classifier_key not in state:
+      raise ValueError(f'no {classifier_key} in the state dict: is this {what}?')
+    num_classes = state[classifier_key].shape[0]
+  if overrides:
+    return convert(state, model, num_classes, **overrides)
+  return _with_variant_hint(convert, state, model, num_classes)
+
+
 def _with_variant_hint(convert, state, model, num_classes):
   try:
     return convert(state, model, num_classes)
@@ -231,17 +247,8 @@ def from_pytorch(path_or_state_dict, model: str, num_classes: int | None = None,
   """
   if models.family(model)[1] is not models.HATNet:
     raise ValueError(f'from_pytorch converts HAT-Net classifiers; got {model!r} (use from_mmseg for semfpn_*)')
-  if isinstance(path_or_state_dict, (str, os.PathLike)):
-    state = load_state_dict(path_or_state_dict)
-  else:
-    state = _unwrap(path_or_state_dict)
-  if num_classes is None:
-    if 'classifier.1.weight' not in state:
-      raise ValueError('no classifier.1.weight in the state dict: is this a HAT-Net checkpoint?')
-    num_classes = state['classifier.1.weight'].shape[0]
-  if overrides:
-    return _classifier_params(state, model, num_classes, **overrides)
-  return _with_variant_hint(_classifier_params, state, model, num_classes)
+  return _convert(path_or_state_dict, _classifier_params, 'classifier.1.weight', 'a HAT-Net checkpoint', model,
+                  num_classes, overrides)
 
 
 def _classifier_params(state, model, num_classes, **overrides):
@@ -263,17 +270,8 @@ def from_mmseg(path_or_state_dict, model: str, num_classes: int | None = None, *
   """
   if models.family(model)[1] is not models.SemanticFPN:
     raise ValueError(f'from_mmseg converts Semantic FPN models (semfpn_*); got {model!r}')
-  if isinstance(path_or_state_dict, (str, os.PathLike)):
-    state = load_state_dict(path_or_state_dict)
-  else:
-    state = _unwrap(path_or_state_dict)
-  if num_classes is None:
-    if 'decode_head.conv_seg.weight' not in state:
-      raise ValueError('no decode_head.conv_seg.weight in the state dict: is this an mmseg Semantic FPN checkpoint?')
-    num_classes = state['decode_head.conv_seg.weight'].shape[0]
-  if overrides:
-    return _segmentation_variables(state, model, num_classes, **overrides)
-  return _with_variant_hint(_segmentation_variables, state, model, num_classes)
+  return _convert(path_or_state_dict, _segmentation_variables, 'decode_head.conv_seg.weight',
+                  'an mmseg Semantic FPN checkpoint', model, num_classes, overrides)
 
 
 def _segmentation_variables(state, model, num_classes, **overrides):

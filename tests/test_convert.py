@@ -29,7 +29,8 @@ def _run_both(net, params, model, x_nchw):
   return ref, np.asarray(out), ref_feats, [np.asarray(f) for f in feats]
 
 
-@pytest.mark.parametrize('name', sorted(PARAM_COUNTS))
+@pytest.mark.parametrize('name', [n if n == 'hatnet_tiny' else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(PARAM_COUNTS)])
 def test_logits_match_pytorch_at_224(name):
   net = _torch_model(name)
   params = convert.from_pytorch(net.state_dict(), name)

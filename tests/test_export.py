@@ -6,6 +6,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from hatnet_jax import export
 from tests import _tools_common as common
@@ -22,6 +23,7 @@ print('in_shape', exported.in_avals[0].shape)
 '''
 
 
+@pytest.mark.slow  # ~2 min here: two exports, a fresh process; test_predict covers the loading path
 def test_export_round_trip(tmp_path, capsys):
   model = common.small_model()
   variables = common.save_weights(str(tmp_path / 'weights'), model)

@@ -79,8 +79,7 @@ def test_backbone_params_from_classifier_is_pure_and_checks():
     models.backbone_params_from_classifier({'backbone': {}, 'stem_conv1': {}})
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('hw', [(128, 128), (100, 140)])
+@pytest.mark.parametrize('hw', [(512, 512), (100, 140)])
 def test_shapes_of_maps_logits_and_output(hw):
   """Real tiny, shapes only: FPN maps at ceil(H / stride), head logits at level 0, output at the input size."""
   seg = models.create('semfpn_hatnet_tiny', num_classes=150)

@@ -390,6 +390,7 @@ def _check_finished_point(point, row, num_steps):
   assert float(row['wall_time_s']) > 0 and row['error'] == ''
 
 
+@pytest.mark.slow  # ~2.5 min: four real trainings; the runner's bookkeeping is covered above
 def test_digits_sweep_end_to_end(tmp_path):
   _write_grid(tmp_path, "product(sweep('seed', [0, 1]), sweep('data.crop_scale', [(0.6, 1.0), (0.9, 1.0)]))")
   workdir = str(tmp_path / 'sweep')

@@ -206,3 +206,37 @@ def test_a_classifier_checkpoint_loads_into_a_segmentation_backbone(tmp_path):
   _assert_bitwise_equal(loaded['decode_head'], seg_params['decode_head'])
   with pytest.raises(ValueError, match='holds only the backbone of the model, but evaluation needs every'):
     checkpoint.load_params(str(tmp_path / 'cls'), seg_params, require_all=True)
+
+
+def test_checkpoints_from_before_the_task_seam_restore(tmp_path):
+  """A TrainState saved before `model_state` existed (the digits demo's checkpoints of earlier versions)."""
+  import flax  # pylint: disable=g-import-not-at-top
+
+  @flax.struct.dataclass
+  class OldTrainState:  # the fields and order of the earlier hatnet_jax.train.TrainState
+    step: jax.Array
+    params: dict
+    opt_state: tuple
+    ema_params: dict
+    rng: jax.Array
+    nonfinite_step: jax.Array
+
+  config = default.get_config()
+  mesh = layout.create_mesh()
+  state, shardings = _state(mesh, config)
+  old = OldTrainState(step=state.step, params=state.params, opt_state=state.opt_state, ema_params=state.ema_params,
+                      rng=state.rng, nonfinite_step=state.nonfinite_step)
+  mngr = checkpoint.CheckpointManager(str(tmp_path / 'ck'), max_to_keep=3, keep_best=False)
+  mngr.save(7, old)
+  mngr.close()
+  mngr = checkpoint.CheckpointManager(str(tmp_path / 'ck'), max_to_keep=3, keep_best=False)
+  restored = mngr.restore_latest(_abstract(state, shardings))
+  assert isinstance(restored, steps.TrainState) and restored.model_state == {}
+  _assert_bitwise_equal(restored, state)
+  # An intact checkpoint of another model is an error, not damage: nothing is moved aside.
+  other = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[:-1] + (x.shape[-1] + 1,) if x.ndim else x.shape, x.dtype,
+                                                      sharding=x.sharding), _abstract(state, shardings))
+  with pytest.raises(checkpoint.CheckpointMismatchError, match='does not fit this run'):
+    mngr.restore_latest(other)
+  assert sorted(os.listdir(tmp_path / 'ck')) == ['7']
+  mngr.close()

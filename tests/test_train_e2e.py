@@ -105,7 +105,7 @@ def test_nonfinite_loss_stops_with_the_last_good_checkpoint(digits_data_dir, tmp
 def reference(shared):
   """The uninterrupted run on 8 devices: (workdir, stderr)."""
   workdir = str(shared['root'] / 'reference')
-  return workdir, _run(shared, workdir)
+  return workdir, _run(shared, workdir, '--config.log_attention_maps=2')
 
 
 def test_trains_evaluates_writes_checkpoints_and_events(reference, shared):
@@ -119,7 +119,7 @@ def test_trains_evaluates_writes_checkpoints_and_events(reference, shared):
   assert all(np.isfinite(v) for v in scalars['train_loss'].values())
   assert 0.0 <= scalars['eval_top1'][12] <= scalars['eval_top5'][12] <= 1.0
   assert scalars['learning_rate'][3] == pytest.approx(5e-4)  # warmup of 2 steps to 2e-3 * 16 / 64
-  assert 'train_images' in tags
+  assert 'train_images' in tags and 'eval_attention_maps' in tags  # the attention-map pictures
   assert any(tag.startswith('_hparams_') for tag in tags)
   assert 'Evaluation at step 12' in log and 'ETA' in log and 'Step 12/12 (100.0%)' in log
   assert 'Training finished: 12 steps (12 this session)' in log.strip().splitlines()[-1]

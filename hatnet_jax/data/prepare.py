@@ -13,7 +13,6 @@ read in place.
 """
 import argparse
 import logging
-import os
 import sys
 
 import ml_collections
@@ -37,10 +36,10 @@ def main(argv=None):
     return 0
   builder = sources.get_builder(d)
   if builder.name.startswith('imagenet2012'):
-    manual = args.manual_dir or os.path.join(builder.data_dir_root, 'downloads', 'manual')
-    missing = [f for f, _ in sources.IMAGENET_FILES if not os.path.exists(os.path.join(manual, f))]
-    if missing:
-      print(sources.imagenet_missing_message(d, builder, manual, missing), file=sys.stderr)
+    try:
+      sources.check_imagenet_files(d, builder)
+    except FileNotFoundError as e:
+      print(e, file=sys.stderr)
       return 1
   if builder.is_prepared():
     print(f'{builder.name} is already prepared in {builder.data_dir}')

@@ -97,15 +97,21 @@ def get_builder(d):
   return tfds.builder(d.dataset, data_dir=d.data_dir)
 
 
+def check_imagenet_files(d, builder) -> str:
+  """The ImageNet manual dir; FileNotFoundError saying which of its two tars are missing and where."""
+  manual = d.manual_dir or os.path.join(builder.data_dir_root, 'downloads', 'manual')
+  missing = [f for f, _ in IMAGENET_FILES if not os.path.exists(os.path.join(manual, f))]
+  if missing:
+    raise FileNotFoundError(imagenet_missing_message(d, builder, manual, missing))
+  return manual
+
+
 def ensure_prepared(d, builder):
   """Prepares small/downloadable datasets on demand; raises with instructions for ImageNet."""
   if isinstance(builder, tfds.ImageFolder) or builder.is_prepared():
     return
   if builder.name.startswith('imagenet2012'):
-    manual = d.manual_dir or os.path.join(builder.data_dir_root, 'downloads', 'manual')
-    missing = [f for f, _ in IMAGENET_FILES if not os.path.exists(os.path.join(manual, f))]
-    if missing:
-      raise FileNotFoundError(imagenet_missing_message(d, builder, manual, missing))
+    manual = check_imagenet_files(d, builder)
     raise RuntimeError(
         f'{builder.name} is not prepared in {builder.data_dir_root}; the manual files are in '
         f'{manual}. Prepare it once (single process, a few hours) with:\n  '

@@ -10,7 +10,7 @@ from hatnet_jax.models.semfpn import SemanticFPN, backbone_params_from_classifie
 from hatnet_jax.models.variants import VARIANTS, Variant, get_variant
 
 __all__ = ['FAMILIES', 'HATNet', 'HMHSA', 'SemanticFPN', 'VARIANTS', 'Variant',
-           'backbone_params_from_classifier', 'create', 'family', 'get_variant', 'local_attention', 'names']
+           'backbone_params_from_classifier', 'create', 'family', 'stage_map_sizes', 'get_variant', 'local_attention', 'names']
 
 # Name prefix -> model class; the rest of the name is a row of VARIANTS. Every class takes the variant first
 # and the keyword fields that `create` passes.
@@ -29,6 +29,16 @@ def family(name: str) -> tuple[str, type]:
     raise ValueError(f'unknown model {name!r}; choose one of {names()}')
   prefix = next(p for p in FAMILIES if name.startswith(p) and name[len(p):] in VARIANTS)
   return name[len(prefix):], FAMILIES[prefix]
+
+
+def stage_map_sizes(image_size: int, num_stages: int = 4) -> list[int]:
+  """Side of each stage's map for a square input: the stem halves twice, each later stage once (3x3
+  stride-2 convolutions with padding 1: ceil(n / 2)), so no map is ever smaller than 1x1."""
+  sizes, n = [], -(-(-(-image_size // 2)) // 2)
+  for i in range(num_stages):
+    n = n if i == 0 else -(-n // 2)
+    sizes.append(n)
+  return sizes
 
 
 def _dtype(d, field):

@@ -127,14 +127,9 @@ def _returncode(job) -> tuple[int, str]:
     return 1, f'{type(e).__name__}: ' + ' | '.join(lines[:3])
 
 
-def run_sweep(points: Sequence[Point], workdir: str, options: SlurmOptions, *, wait: bool = True,
-              sweep_info: Mapping[str, Any] | None = None, log=print, executor_factory=make_executor
-              ) -> tuple[list[dict[str, Any]], int]:
-  """Submits the unfinished points (one job each), waits for them (unless wait=False), writes the summary.
-
-  Returns (the summary rows, exit status: 0 if every point finished, 1 otherwise (or, with wait=False,
-  0 once submitted), 128 + signal if the wait was stopped by SIGINT/SIGTERM)."""
-  summary.write_sweep_file(points, workdir, sweep_info)
+def _submit(points, options, log, executor_factory):
+  """Submits each unfinished point (or re-attaches to its job still queued or running): (statuses of the
+  skipped points, {name: (point, job, submit time)})."""
   statuses, jobs = {}, {}
   cwd = os.getcwd()
   for i, point in enumerate(points, 1):
@@ -163,6 +158,18 @@ def run_sweep(points: Sequence[Point], workdir: str, options: SlurmOptions, *, w
     log(f'{prefix}: submitted job {job.job_id}' + (f' (resumes from step {resume})' if resume else '') +
         f' (log: {os.path.join(point.workdir, state.LOG_FILE)})')
     jobs[point.name] = (point, job, time.time())
+  return statuses, jobs
+
+
+def run_sweep(points: Sequence[Point], workdir: str, options: SlurmOptions, *, wait: bool = True,
+              sweep_info: Mapping[str, Any] | None = None, log=print, executor_factory=make_executor
+              ) -> tuple[list[dict[str, Any]], int]:
+  """Submits the unfinished points (one job each), waits for them (unless wait=False), writes the summary.
+
+  Returns (the summary rows, exit status: 0 if every point finished, 1 otherwise (or, with wait=False,
+  0 once submitted), 128 + signal if the wait was stopped by SIGINT/SIGTERM)."""
+  summary.write_sweep_file(points, workdir, sweep_info)
+  statuses, jobs = _submit(points, options, log, executor_factory)
   if not wait:
     rows = summary.write_summary(points, workdir, statuses, sweep_info=sweep_info)
     return rows, 0

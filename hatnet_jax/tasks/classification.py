@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 from hatnet_jax import data
 from hatnet_jax import models
@@ -35,6 +36,13 @@ class Classification(base.Task):
     if models.family(name)[1] is not models.HATNet:
       raise ValueError(f"config.task='classification' needs a classifier (config.model.name='hatnet_...'); got "
                        f"{name!r}: use config.task='segmentation' for it")
+    size = self.config.data.image_size
+    if size < 1:
+      raise ValueError(f'config.data.image_size={size}: give the side of the square training crop, >= 1 '
+                       f'(224 for ImageNet)')
+    # Any size >= 1 works (maps are padded, never below 1x1); the log shows what each stage gets.
+    sizes = models.stage_map_sizes(size, len(self.create_model(1).variant.dims))
+    logging.info('Stage maps at image_size %d: %s.', size, ', '.join(f'{n}x{n}' for n in sizes))
 
   def create_model(self, num_classes):
     return models.create(**self.config.model, num_classes=num_classes)
