@@ -9,6 +9,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import model_speed  # noqa: E402
 
 
+@pytest.mark.slow  # two compilations of the trainer's step and the PyTorch reference: ~1-2.5 min here
 def test_model_speed_smallest_setting(capsys, tmp_path):
   pytest.importorskip('torch', reason='--compare_torch needs torch (pip install -r requirements.txt)')
   out = tmp_path / 'rows.jsonl'

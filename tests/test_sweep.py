@@ -71,7 +71,7 @@ def test_point_names_are_stable_and_filesystem_safe():
 
 
 def test_cli_values_parse_back_through_config_flags():
-  point = {'base_lr': 1e-05, 'remat': True, 'data.crop_scale': (0.5, 1.0), 'model': 'hatnet_small',
+  point = {'base_lr': 1e-05, 'model.remat': True, 'data.crop_scale': (0.5, 1.0), 'model.name': 'hatnet_small',
            'data.image_size': 32, 'model.dims': (8, 16)}
   config = sw.parse_config(DIGITS, [f'--config.{k}={sw.cli_value(v)}' for k, v in point.items()])
   for key, value in point.items():
@@ -206,9 +206,9 @@ start = record.get('checkpoint_step') or 0
 with open(os.path.join(workdir, 'calls.txt'), 'a') as f:
   f.write(f'{start}\\n')
 print(f'Training from step {start} to {num_steps}.', flush=True)
-if args.get('config.model') == 'broken':
+if args.get('config.model.name') == 'broken':
   print('Traceback (most recent call last):\\n  File "train.py", line 1\\n'
-        "ValueError: unknown model 'broken' (config.model)", file=sys.stderr)
+        "ValueError: unknown model 'broken' (config.model.name)", file=sys.stderr)
   sys.exit(1)
 
 def write(**kw):
@@ -260,7 +260,7 @@ def _write_record(point, **fields):
 
 
 def test_runner_skips_finished_resumes_unfinished_and_reports_failures(tmp_path):
-  points = _fake_points(tmp_path, [{'seed': 0}, {'seed': 1}, {'model': 'broken'}, {'seed': 2}, {'seed': 3}])
+  points = _fake_points(tmp_path, [{'seed': 0}, {'seed': 1}, {'model.name': 'broken'}, {'seed': 2}, {'seed': 3}])
   done, half, broken, fresh, stale = points
   _write_record(done, status='finished', step=4, checkpoint_step=4,
                 best=dict(metric='eval_top1', value=0.9, step=4), final_metrics={'eval_top1': 0.9})
@@ -275,7 +275,7 @@ def test_runner_skips_finished_resumes_unfinished_and_reports_failures(tmp_path)
   assert {k: r['status'] for k, r in summary.items()} == {
       done.name: 'finished-earlier', half.name: 'finished', fresh.name: 'finished', broken.name: 'failed',
       stale.name: 'finished'}
-  assert summary[broken.name]['error'] == ("exit status 1: ValueError: unknown model 'broken' (config.model)")
+  assert summary[broken.name]['error'] == ("exit status 1: ValueError: unknown model 'broken' (config.model.name)")
   assert list(summary) == [done.name, stale.name, fresh.name, half.name, broken.name]  # best top-1 first
   assert summary[fresh.name]['metric'] == 'eval_top1' and float(summary[fresh.name]['best']) == pytest.approx(0.42)
   assert summary[fresh.name]['steps'] == '4' and summary[fresh.name]['total_steps'] == '4'
@@ -363,7 +363,7 @@ def _write_grid(tmp_path, grid):
 
       def get_sweep():
         points = {grid}
-        return chainit(points[:1], [{{'model': 'hatnet_nonexistent'}}], points[1:])
+        return chainit(points[:1], [{{'model.name': 'hatnet_nonexistent'}}], points[1:])
       '''))
 
 
@@ -373,7 +373,7 @@ def _check_finished_point(point, row, num_steps):
   # The overrides are in the run record's hparams (with the rest of the config).
   for key, value in point.overrides.items():
     assert record['hparams'][key] == (value if isinstance(value, (int, float, str)) else str(value))
-  assert record['hparams']['num_steps'] == num_steps and record['hparams']['model'] == 'hatnet_tiny'
+  assert record['hparams']['num_steps'] == num_steps and record['hparams']['model.name'] == 'hatnet_tiny'
   assert record['status'] == 'finished' and record['step'] == record['num_steps'] == num_steps
   assert record['checkpoint_step'] == num_steps and record['error'] is None
   top1 = {}
@@ -402,7 +402,7 @@ def test_digits_sweep_end_to_end(tmp_path):
   out = _sweep_cli(*flags, f'--sweep={tmp_path / "grid_and_bad.py"}', env=env, timeout=TIMEOUT)
   assert out.returncode == 1, out.stderr[-5000:]  # the bad point failed
   points = sw.make_points(TINY, workdir, sw.load_sweep(str(tmp_path / 'grid.py')), {'num_steps': 4})
-  bad = sw.point_name({'model': 'hatnet_nonexistent'})
+  bad = sw.point_name({'model.name': 'hatnet_nonexistent'})
   assert sorted(os.listdir(workdir)) == sorted([p.name for p in points] + [bad, 'summary.csv', 'summary.md',
                                                                            'sweep.json'])
   summary = _summary(workdir)
