@@ -66,3 +66,11 @@ def process_rows(sharding, global_batch):
                        f"'data' axis is laid out process by process")
     hi = max(hi, b)
   return lo, hi
+
+
+def batch_rows(mesh: Mesh, batch_size: int, *, what: str = 'config.batch_size') -> tuple[NamedSharding, int, int]:
+  """(batch sharding, lo, hi): checks that the global `batch_size` splits over the mesh, and gives the rows
+  [lo, hi) of every global batch that this process feeds."""
+  check_batch_size(batch_size, mesh.size, what=what)
+  sharding = data_sharding(mesh)
+  return (sharding,) + process_rows(sharding, batch_size)

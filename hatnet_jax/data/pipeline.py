@@ -370,11 +370,9 @@ def eval_batch_size(config):
 
 def create_train_iterator(config, mesh, start_step=0):
   d = config.data
-  layout.check_batch_size(config.batch_size, mesh.size)
   info = sources.dataset_info(d)
   src = sources.open_split(d, info.train_split)
-  sharding = layout.data_sharding(mesh)
-  lo, hi = layout.process_rows(sharding, config.batch_size)
+  sharding, lo, hi = layout.batch_rows(mesh, config.batch_size)
   host = train_dataset(src, d, int(config.seed), int(config.batch_size), lo, hi, start_step)
   repeats = max(1, int(d.repeated_aug))
 
@@ -391,11 +389,9 @@ def create_train_iterator(config, mesh, start_step=0):
 def create_eval_iterator(config, mesh):
   d = config.data
   batch = eval_batch_size(config)
-  layout.check_batch_size(batch, mesh.size, what='config.data.eval_batch_size (0: batch_size)')
   info = sources.dataset_info(d)
   src = sources.open_split(d, info.eval_split)
-  sharding = layout.data_sharding(mesh)
-  lo, hi = layout.process_rows(sharding, batch)
+  sharding, lo, hi = layout.batch_rows(mesh, batch, what='config.data.eval_batch_size (0: batch_size)')
   host = eval_dataset(src, d, batch, lo, hi)
   return EvalIterator(host, sharding, batch, int(d.image_size), tuple(d.mean), tuple(d.std),
                       math.ceil(len(src) / batch), int(d.prefetch), src=src, rows=(lo, hi))

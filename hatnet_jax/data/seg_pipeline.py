@@ -190,11 +190,9 @@ class SegTrainIterator(pipeline.GlobalBatches):
 
 def create_train_iterator(config, mesh, start_step=0):
   d = config.data
-  layout.check_batch_size(config.batch_size, mesh.size)
   info = seg_sources.dataset_info(d)
   src = seg_sources.open_split(d, info.train_split)
-  sharding = layout.data_sharding(mesh)
-  lo, hi = layout.process_rows(sharding, config.batch_size)
+  sharding, lo, hi = layout.batch_rows(mesh, config.batch_size)
   reduce = _reduce_zero_label(d, info)
   host = train_dataset(src, d, int(config.seed), int(config.batch_size), lo, hi, start_step,
                        reduce_zero_label=reduce)
@@ -302,12 +300,10 @@ class SegEvalIterator(pipeline.GlobalBatches):
 def create_eval_iterator(config, mesh):
   d = config.data
   batch = pipeline.eval_batch_size(config)
-  layout.check_batch_size(batch, mesh.size, what='config.data.eval_batch_size (0: batch_size)')
   info = seg_sources.dataset_info(d)
   src = seg_sources.open_split(d, info.eval_split)
   plan = eval_plan(src.image_sizes(), d, batch)
-  sharding = layout.data_sharding(mesh)
-  lo, hi = layout.process_rows(sharding, batch)
+  sharding, lo, hi = layout.batch_rows(mesh, batch, what='config.data.eval_batch_size (0: batch_size)')
   reduce = _reduce_zero_label(d, info)
   host = eval_dataset(src, d, plan, lo, hi, reduce_zero_label=reduce)
   return SegEvalIterator(host, src, d, plan, sharding, batch, reduce)
