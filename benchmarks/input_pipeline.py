@@ -224,12 +224,15 @@ def _pil_eval(jpeg, size, rnd):
 
 
 def _repeat(src, times):
-  """The eval split repeated (enough batches to measure); `Source` views are cheap."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  rep = dataclasses.replace(src, num_examples=len(src) * times)
-  inner = src.lookup
-  rep.lookup = lambda idx: inner(idx % len(src))
-  return rep
+  """The eval split repeated (enough batches to measure), as a view of the same source."""
+  from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+
+  class Repeated(sources.Source):
+
+    def lookup(self, indices):
+      return src.lookup(indices % len(src))
+
+  return Repeated(src.name, src.split, len(src) * times, src.num_classes)
 
 
 if __name__ == '__main__':

@@ -113,8 +113,8 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
   unrolled, abstract_u = exp_u.model, exp_u.abstract_state
   result['train_gflops_per_image'] = (exp_u.train_step.lower(abstract_u, batch).cost_analysis()['flops']
                                       / global_batch / 1e9)
-  infer_u = jax.jit(lambda p, x: unrolled.apply({'params': p}, x, train=False))
-  result['infer_gflops_per_image'] = (infer_u.lower(abstract_u.params, images).cost_analysis()['flops']
+  infer_u = jax.jit(lambda v, x: unrolled.apply(v, x, train=False))
+  result['infer_gflops_per_image'] = (infer_u.lower(abstract_u.variables(), images).cost_analysis()['flops']
                                       / global_batch / 1e9)
 
   if 'train' in args.mode:
@@ -135,8 +135,8 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
     del holder, state
 
   if 'infer' in args.mode:
-    params = exp.init_state().params
-    infer = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False), out_shardings=data_sharding)
+    params = exp.init_state().variables()  # {'params', and the model's batch_stats if it has BatchNorm}
+    infer = jax.jit(lambda v, x: model.apply(v, x, train=False), out_shardings=data_sharding)
     t = time.perf_counter()
     compiled_infer = infer.lower(params, images).compile()
     result['infer_compile_s'] = time.perf_counter() - t

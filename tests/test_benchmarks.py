@@ -26,3 +26,16 @@ def test_model_speed_smallest_setting(capsys, tmp_path):
   # a train step costs about 3 forward passes
   assert 2.0 < row['train_gflops_per_image'] / row['infer_gflops_per_image'] < 4.0
   assert '| float32 | 1 |' in printed and 'x PyTorch' in printed
+
+
+@pytest.mark.slow  # generates JPEGs and times each pipeline for a moment: ~1 min here
+def test_input_pipeline_smallest_setting():
+  import subprocess  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, os.path.join(repo, 'benchmarks', 'input_pipeline.py'), '--num_images=16',
+                        '--batch=8', '--seconds=0.5', '--skip_device', '--compare_pil'],
+                       capture_output=True, text=True, timeout=600, cwd=repo,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 0, out.stderr[-3000:]
+  for line in ('array_record train:', 'files        eval :', 'PIL          train:'):
+    assert line in out.stdout, out.stdout[-2000:]
