@@ -139,7 +139,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   Raises preemption.Interrupted after Ctrl-C (the checkpoint of the reached step is committed first).
   """
   if config.mode == 'eval':
-    experiment.validate_config(config, jax.device_count())
     return evaluate_checkpoint(config, workdir)
   exp = experiment.Experiment.create(config)  # every settings error surfaces here, before compiling
   workdir = prepare_workdir(workdir)

@@ -60,9 +60,11 @@ class Segmentation(base.Task):
     return seg_sources.dataset_info(self.config.data)
 
   def dataset_facts(self):
-    info = self._info()
-    return base.DatasetFacts(name=info.name, num_classes=info.num_classes, num_train=info.num_train,
-                             num_eval=info.num_eval, class_names=tuple(info.class_names))
+    if getattr(self, '_facts', None) is None:  # read once: the per-class table asks at every evaluation
+      info = self._info()
+      self._facts = base.DatasetFacts(name=info.name, num_classes=info.num_classes, num_train=info.num_train,
+                                      num_eval=info.num_eval, class_names=tuple(info.class_names))
+    return self._facts
 
   def train_iterator(self, mesh, start_step):
     from hatnet_jax.data import seg_pipeline  # pylint: disable=g-import-not-at-top
