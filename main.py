@@ -68,9 +68,12 @@ def main(argv):
   if multihost:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   # Imported only now: jax.distributed.initialize() must come before anything initialises a JAX backend.
-  from hatnet_jax import preemption, train  # pylint: disable=g-import-not-at-top
+  from hatnet_jax import compile_cache, preemption, train  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, %d local / %d global devices (%s)', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.default_backend())
+  # Before anything compiles (the trainer's own call then finds it done); a directory it cannot write gives
+  # a warning and the run goes on without the cache.
+  compile_cache.configure(_CONFIG.value.compilation_cache_dir)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except preemption.Interrupted as e:

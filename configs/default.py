@@ -96,6 +96,10 @@ def get_config():
   c.keep_checkpoints = 3
   c.keep_best_checkpoint = True
   c.init_from = ''  # a checkpoint dir (e.g. written by hatnet_jax.convert) to start from
+  # JAX's persistent compilation cache (hatnet_jax.compile_cache): a restart, a sweep point or an eval run
+  # loads the compiled steps instead of compiling them again. '~' is expanded at run time; '' (or None)
+  # disables it; the environment variable JAX_COMPILATION_CACHE_DIR, when set, wins over this field.
+  c.compilation_cache_dir = ml_collections.FieldReference('~/.cache/hatnet_jax/xla', field_type=str)
   c.profile_start_step = -1  # >= 0: write a profiler trace of profile_num_steps steps from this step
   c.profile_num_steps = 5
   c.log_images_every_steps = 0  # > 0: write a sample of augmented training images (also at the first step)

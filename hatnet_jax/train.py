@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from hatnet_jax import checkpoint
+from hatnet_jax import compile_cache
 from hatnet_jax import experiment
 from hatnet_jax import monitor
 from hatnet_jax import preemption
@@ -112,6 +113,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> step
     raise FileNotFoundError(f'config.mode=eval: no checkpoint in {ckdir} and no config.init_from; train first '
                             f'or point --config.init_from at converted weights.')
   workdir = prepare_workdir(workdir)
+  compile_cache.configure(config.compilation_cache_dir)
   _log_run(exp, 'Evaluating')
   with contextlib.ExitStack() as stack:
     writer = monitor.create_writer(workdir)
@@ -142,6 +144,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     return evaluate_checkpoint(config, workdir)
   exp = experiment.Experiment.create(config)  # every settings error surfaces here, before compiling
   workdir = prepare_workdir(workdir)
+  # JAX's persistent compilation cache, before the steps compile (main.py has set it up already, before
+  # anything compiled; this call is for other callers and then only restarts the cache's counts).
+  compile_cache.configure(config.compilation_cache_dir)
   _log_run(exp, 'Training')
   record = run_record.RunRecord(workdir)  # DIR/run.json: what sweeps and other tools read
   if exp.facts.class_names and jax.process_index() == 0:  # for `python -m hatnet_jax.predict --weights=DIR`
@@ -208,7 +213,8 @@ class _Loop:
       self.steps_interval += 1
       if step == self.start_step:  # keep compilation out of the throughput figures
         jax.block_until_ready(metrics)
-        logging.info('First step (compilation included) took %.1fs.', time.time() - self.t_interval)
+        logging.info('First step (compilation included) took %.1fs%s.', time.time() - self.t_interval,
+                     compile_cache.describe_counts())
         self.progress.first_step_done(done)
         self.t_interval, self.steps_interval = time.time(), 0
       if self.profile is not None:
