@@ -91,6 +91,7 @@ def test_nonfinite_loss_stops_with_the_last_good_checkpoint(digits_data_dir, tmp
   from hatnet_jax import train  # pylint: disable=g-import-not-at-top
   config = digits.get_config('tiny')
   config.data.data_dir = digits_data_dir
+  config.compilation_cache_dir = ''  # in-process: leave JAX's cache (and ~/.cache) alone
   config.base_lr = 1e30  # the 2nd update (mid-warmup) overflows the parameters
   config.checkpoint_every_steps = 1
   workdir = str(tmp_path / 'nan')
@@ -122,6 +123,7 @@ def test_trains_evaluates_writes_checkpoints_and_events(reference, shared):
   assert 'train_images' in tags and 'eval_attention_maps' in tags  # the attention-map pictures
   assert any(tag.startswith('_hparams_') for tag in tags)
   assert 'Evaluation at step 12' in log and 'ETA' in log and 'Step 12/12 (100.0%)' in log
+  assert f'Compilation cache: {shared["cache"]} (from JAX_COMPILATION_CACHE_DIR, which wins over' in log
   assert 'Training finished: 12 steps (12 this session)' in log.strip().splitlines()[-1]
 
   # Evaluation only: restores the latest checkpoint and reports the same numbers.
@@ -147,6 +149,8 @@ def test_sigkill_and_restart_gives_bitwise_the_uninterrupted_run(reference, shar
 
   log = _run(shared, workdir)
   assert f'Restored checkpoint at step {max(killed_at)}' in log
+  first_step = next(line for line in log.splitlines() if 'First step (compilation included)' in line)
+  assert '(compilation cache: ' in first_step and ' 0 programs loaded' not in first_step  # compiled earlier
   _assert_same_final_state(workdir, ref_dir)
 
 
