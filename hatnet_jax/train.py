@@ -21,6 +21,7 @@ from absl import logging
 from hatnet_jax import checkpoint
 from hatnet_jax import compile_cache
 from hatnet_jax import experiment
+from hatnet_jax import host_memory
 from hatnet_jax import monitor
 from hatnet_jax import preemption
 from hatnet_jax import run_record
@@ -269,6 +270,7 @@ class _Loop:
       self.record.update(step=done, eval_metrics=_scalars(metrics), best_metric_name=f'eval_{exp.task.best_metric}')
       self.last_eval = (done, task_metrics)
       logging.info('Evaluation at step %d: %s (%.1fs)', done, exp.task.describe(task_metrics), time.time() - t0)
+      host_memory.trim()  # what evaluation left between the training step's freed blocks goes back
       # Keep evaluation (and its checkpoint) out of the training throughput and the ETA.
       self.progress.eval_seconds += time.time() - t0
       self.t_interval += time.time() - t0
