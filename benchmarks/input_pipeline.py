@@ -258,6 +258,7 @@ def _compare_timm(jpegs, args, ours):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from hatnet_jax.data import transforms  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(1)
+  shimmed = _posterize_zero_bits(timm)
   random.seed(0)
   np.random.seed(0)  # RandAugment draws its ops with numpy's global generator
   torch.manual_seed(0)
@@ -286,6 +287,9 @@ def _compare_timm(jpegs, args, ours):
         f'torch threads {torch.get_num_threads()}), {n} images: PIL decode (accurate integer IDCT, '
         f'JDCT_ISLOW) + RandomResizedCrop bicubic + flip + RandAugment m9 + ToTensor/normalise + '
         f'random erasing 0.25')
+  if shimmed:
+    print('  (Posterize with 0 bits, drawn at magnitude 10, gives the all-zero image as older Pillow did, '
+          'and as ours: this Pillow raises there)')
   print(f'  timm : {1e3 * timm_cpu:6.2f} ms/image, {1 / timm_cpu:6.0f} img per CPU-second '
         f'({1e3 * timm_wall:.2f} ms wall)')
   if ours is None:
@@ -299,6 +303,30 @@ def _compare_timm(jpegs, args, ours):
         f'RandAugment, normalise, erasing and Mixup/CutMix to the device (timed below unless --skip_device)')
   print(f'  decoders: max |PIL - tf.io.decode_jpeg({transforms.DCT_METHOD})| on the first image = {diff} '
         f'levels', flush=True)
+
+
+def _posterize_zero_bits(timm):
+  """timm's RandAugment posterize keeps 0 bits at magnitude 10 (m9 with mstd 0.5 reaches it); older Pillow
+  versions returned an all-zero image there, newer ones raise. Gives the zero image (one LUT, as
+  Pillow did) where needed; True if it had to."""
+  from PIL import ImageOps, Image  # pylint: disable=g-import-not-at-top
+  try:
+    ImageOps.posterize(Image.new('RGB', (1, 1)), 0)
+    return False
+  except ValueError:
+    pass
+  ops = timm.data.auto_augment.NAME_TO_OP
+  original = ops['PosterizeIncreasing']
+
+  def posterize(img, bits_to_keep, **kwargs):
+    if bits_to_keep <= 0:
+      return img.point([0] * 256 * len(img.getbands()))
+    return original(img, bits_to_keep, **kwargs)
+
+  for name in ('Posterize', 'PosterizeIncreasing', 'PosterizeOriginal'):
+    if ops.get(name) is original:
+      ops[name] = posterize
+  return True
 
 
 def _pil_train(jpeg, size, rnd):
