@@ -1,6 +1,7 @@
 """Input pipeline throughput on generated ImageNet-like JPEGs (about 500x375, ~75 KB).
 
     python benchmarks/input_pipeline.py [--num_images=256] [--image_size=224] [--seconds=8]
+    python benchmarks/input_pipeline.py --compare_timm [--train_step_ms_per_image=330]
 
 Prints, for the host (tf.data) part of the training and the evaluation pipelines:
   * images per CPU-second of the process (process CPU time, all threads): the per-core throughput, robust
@@ -12,6 +13,17 @@ Mixup/CutMix run on the accelerator and are timed separately (on whatever JAX ba
 Sources: 'array_record' (a TFDS dataset prepared like imagenet2012: random access through
 tfds.data_source, lookups in a Python call per chunk) and 'files' (an image folder).
 Multiply the per-core figure by the host cores per accelerator to see whether they can feed it.
+
+--compare_timm also times timm's DeiT training transform (PIL decode, RandomResizedCrop, flip,
+RandAugment m9, ToTensor + normalise, random erasing) over the same JPEGs, in this process with one
+thread, and prints CPU time per image for it and for our host part, and the ratio. It needs timm and a
+torchvision that imports with the installed torch; neither is a requirement of the project:
+    python -m pip install --no-deps timm==1.0.31 torchvision==0.16.2
+(with the CPU torch 2.13 wheel, 0.16.2 is the newest torchvision from PyPI that imports: the newer PyPI
+wheels are CUDA builds whose operator registration fails without the CUDA torch; a torchvision built
+for the installed torch, e.g. 0.28.0+cpu from PyTorch's CPU wheel index, serves as well.)
+The on-device timing also prints its cost per image on the backend present, and with
+--train_step_ms_per_image that cost as a fraction of the train step.
 """
 import argparse
 import io
@@ -66,7 +78,29 @@ def measure(ds, seconds, batch):
   return n / cpu, n / wall
 
 
-def main():
+TIMM_INSTALL = 'python -m pip install --no-deps timm==1.0.31 torchvision==0.16.2'
+
+
+def import_timm():
+  """(timm, torch, torchvision, PIL.Image), or one line saying how to install them and exit 2."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  try:
+    with warnings.catch_warnings():
+      # torchvision.io's image extension is not used here (timm's transform decodes with PIL).
+      warnings.filterwarnings('ignore', message='Failed to load image Python extension')
+      import timm  # pylint: disable=g-import-not-at-top
+      import timm.data  # pylint: disable=g-import-not-at-top,unused-import
+      import torch  # pylint: disable=g-import-not-at-top
+      import torchvision  # pylint: disable=g-import-not-at-top
+      from PIL import Image  # pylint: disable=g-import-not-at-top
+  except (ImportError, RuntimeError) as e:  # RuntimeError: a torchvision built for another torch
+    print(f'--compare_timm needs timm and a torchvision that imports with this torch '
+          f'({type(e).__name__}: {e}); install them with: {TIMM_INSTALL}', file=sys.stderr)
+    sys.exit(2)
+  return timm, torch, torchvision, Image
+
+
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--num_images', type=int, default=256)
   p.add_argument('--image_size', type=int, default=224)
@@ -76,7 +110,15 @@ def main():
   p.add_argument('--skip_device', action='store_true', help='skip the on-device augmentation timing')
   p.add_argument('--compare_pil', action='store_true',
                  help='also time the same host work done with PIL in Python (one process, per core)')
-  args = p.parse_args()
+  p.add_argument('--compare_timm', action='store_true',
+                 help="also time timm's DeiT training transform (one thread) and print the CPU cost per "
+                      f'image against ours (needs: {TIMM_INSTALL})')
+  p.add_argument('--train_step_ms_per_image', type=float, default=None,
+                 help='wall ms per image of a train step on the same backend (e.g. ~330 for hatnet_tiny at '
+                      'batch 16 on a 2-core CPU): prints the on-device augmentation as a fraction of it')
+  args = p.parse_args(argv)
+  if args.compare_timm:
+    import_timm()  # before the slow set-up: a missing timm fails at once
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
@@ -160,6 +202,12 @@ def _run(args, jpegs, tmp, cores):
       print(f'  {kind:12s} {label:5s}: {per_cpu:6.0f} img/s per core -> 16 cores ~ {16 * per_cpu:6.0f} '
             f'img/s')
 
+  if args.compare_timm:
+    # Ours: the host part of the training pipeline with 1 thread, the ImageNet source if it was measured.
+    ours = [r for r in rows if r[1] == 'train' and r[2] == 1 and r[0] != 'PIL']
+    ours = next((r for r in ours if r[0] == 'array_record'), ours[0] if ours else None)
+    _compare_timm(jpegs, args, ours)
+
   if not args.skip_device:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -174,22 +222,111 @@ def _run(args, jpegs, tmp, cores):
     out = aug(x, 0).block_until_ready()
     compile_s = time.time() - t
     t, n = time.time(), 0
+    c = time.process_time()
     while time.time() - t < args.seconds:
       out = aug(x, n)
       n += 1
     out.block_until_ready()
-    aug_rate = n * b / (time.time() - t)
+    aug_rate, aug_cpu = n * b / (time.time() - t), (time.process_time() - c) / (n * b)
     y = jnp.zeros((b,), jnp.int32)
     mix(jax.random.key(0), out, y)[0].block_until_ready()
-    t, n = time.time(), 0
+    t, c, n = time.time(), time.process_time(), 0
     while time.time() - t < min(args.seconds, 3):
       r = mix(jax.random.key(n), out, y)
       n += 1
     r[0].block_until_ready()
-    mix_rate = n * b / (time.time() - t)
-    print(f'\nOn-device part on {jax.devices()[0].platform} ({jax.device_count()} device(s)): flip + '
+    mix_rate, mix_cpu = n * b / (time.time() - t), (time.process_time() - c) / (n * b)
+    platform = jax.devices()[0].platform
+    print(f'\nOn-device part on {platform} ({jax.device_count()} device(s)): flip + '
           f'RandAugment + normalise + erasing {aug_rate:.0f} img/s (compile {compile_s:.0f}s), '
           f'Mixup/CutMix {mix_rate:.0f} img/s')
+    # Per image (batch {b}): wall time is what a train step on the same backend waits for; CPU time sums
+    # the backend's threads (on a GPU/TPU it is the host's dispatch work only).
+    dev_ms = 1e3 / aug_rate + 1e3 / mix_rate
+    print(f'  per image on {platform}: augmentation {1e3 / aug_rate:.1f} ms wall ({1e3 * aug_cpu:.1f} CPU-ms), '
+          f'Mixup/CutMix {1e3 / mix_rate:.2f} ms wall ({1e3 * mix_cpu:.2f} CPU-ms); together {dev_ms:.1f} ms '
+          f'per image', flush=True)
+    if args.train_step_ms_per_image:
+      print(f'  = {100 * dev_ms / args.train_step_ms_per_image:.1f} % of a train step of '
+            f'{args.train_step_ms_per_image:g} ms per image (--train_step_ms_per_image, same backend)')
+
+
+def _compare_timm(jpegs, args, ours):
+  """timm's DeiT training transform over the same JPEGs, one thread, in this process, against `ours`."""
+  import random  # pylint: disable=g-import-not-at-top
+  timm, torch, torchvision, Image = import_timm()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data import transforms  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(1)
+  shimmed = _posterize_zero_bits(timm)
+  random.seed(0)
+  np.random.seed(0)  # RandAugment draws its ops with numpy's global generator
+  torch.manual_seed(0)
+  transform = timm.data.create_transform(
+      args.image_size, is_training=True, auto_augment='rand-m9-mstd0.5-inc1', interpolation='bicubic',
+      re_prob=0.25, re_mode='pixel', re_count=1)
+
+  def one(jpeg):
+    # PIL decodes the whole image with libjpeg's default IDCT, the accurate integer one (JDCT_ISLOW).
+    return transform(Image.open(io.BytesIO(jpeg)).convert('RGB'))
+
+  assert tuple(one(jpegs[0]).shape) == (3, args.image_size, args.image_size)  # warm up
+  n, c0, w0 = 0, time.process_time(), time.time()
+  while time.time() - w0 < args.seconds:
+    one(jpegs[n % len(jpegs)])
+    n += 1
+  timm_cpu, timm_wall = (time.process_time() - c0) / n, (time.time() - w0) / n
+  # Same decoder accuracy: PIL's pixels against TF's decode with the pipeline's DCT method.
+  first = jpegs[0]
+  diff = np.abs(np.asarray(Image.open(io.BytesIO(first)).convert('RGB'), np.int16) -
+                tf.io.decode_jpeg(first, channels=3, dct_method=transforms.DCT_METHOD).numpy()).max()
+
+  print(f'\ntimm DeiT train transform vs ours, per image, process CPU time (all threads), '
+        f'image size {args.image_size}:')
+  print(f'  timm {timm.__version__} (torchvision {torchvision.__version__}, torch {torch.__version__}, '
+        f'torch threads {torch.get_num_threads()}), {n} images: PIL decode (accurate integer IDCT, '
+        f'JDCT_ISLOW) + RandomResizedCrop bicubic + flip + RandAugment m9 + ToTensor/normalise + '
+        f'random erasing 0.25')
+  if shimmed:
+    print('  (Posterize with 0 bits, drawn at magnitude 10, gives the all-zero image as older Pillow did, '
+          'and as ours: this Pillow raises there)')
+  print(f'  timm : {1e3 * timm_cpu:6.2f} ms/image, {1 / timm_cpu:6.0f} img per CPU-second '
+        f'({1e3 * timm_wall:.2f} ms wall)')
+  if ours is None:
+    print('  ours : not measured (no training source in --sources)')
+    return
+  kind, _, _, per_cpu, _ = ours
+  print(f'  ours : {1e3 / per_cpu:6.2f} ms/image, {per_cpu:6.0f} img per CPU-second (host part: {kind} '
+        f'train, threads=1, TF decode {transforms.DCT_METHOD} fused with RandomResizedCrop, antialiased '
+        f'bicubic resize to uint8)')
+  print(f'  ratio timm / ours: {timm_cpu * per_cpu:.2f}x CPU per image (target >= 2x); ours leaves flip, '
+        f'RandAugment, normalise, erasing and Mixup/CutMix to the device (timed below unless --skip_device)')
+  print(f'  decoders: max |PIL - tf.io.decode_jpeg({transforms.DCT_METHOD})| on the first image = {diff} '
+        f'levels', flush=True)
+
+
+def _posterize_zero_bits(timm):
+  """timm's RandAugment posterize keeps 0 bits at magnitude 10 (m9 with mstd 0.5 reaches it); older Pillow
+  versions returned an all-zero image there, newer ones raise. Gives the zero image (one LUT, as
+  Pillow did) where needed; True if it had to."""
+  from PIL import ImageOps, Image  # pylint: disable=g-import-not-at-top
+  try:
+    ImageOps.posterize(Image.new('RGB', (1, 1)), 0)
+    return False
+  except ValueError:
+    pass
+  ops = timm.data.auto_augment.NAME_TO_OP
+  original = ops['PosterizeIncreasing']
+
+  def posterize(img, bits_to_keep, **kwargs):
+    if bits_to_keep <= 0:
+      return img.point([0] * 256 * len(img.getbands()))
+    return original(img, bits_to_keep, **kwargs)
+
+  for name in ('Posterize', 'PosterizeIncreasing', 'PosterizeOriginal'):
+    if ops.get(name) is original:
+      ops[name] = posterize
+  return True
 
 
 def _pil_train(jpeg, size, rnd):

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+import input_pipeline  # noqa: E402
 import model_speed  # noqa: E402
 
 
@@ -39,3 +40,31 @@ def test_input_pipeline_smallest_setting():
   assert out.returncode == 0, out.stderr[-3000:]
   for line in ('array_record train:', 'files        eval :', 'PIL          train:'):
     assert line in out.stdout, out.stdout[-2000:]
+
+
+@pytest.mark.slow  # TF and torch start-up and a moment per pipeline: ~30 s here
+def test_input_pipeline_compare_timm():
+  pytest.importorskip('timm', reason=f'--compare_timm needs timm: {input_pipeline.TIMM_INSTALL}')
+  import subprocess  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, os.path.join(repo, 'benchmarks', 'input_pipeline.py'), '--num_images=8',
+                        '--batch=8', '--seconds=0.3', '--sources=files', '--skip_device', '--compare_timm'],
+                       capture_output=True, text=True, timeout=600, cwd=repo,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 0, out.stderr[-3000:]
+  for line in ('timm DeiT train transform vs ours', 'JDCT_ISLOW', 'timm :', 'ours :', 'ratio timm / ours:',
+               'tf.io.decode_jpeg(INTEGER_ACCURATE)| on the first image = 0 levels'):
+    assert line in out.stdout, out.stdout[-2000:]
+  assert 'img per CPU-second' in out.stdout.split('timm :')[1].splitlines()[0]
+
+
+def test_input_pipeline_compare_timm_without_timm(monkeypatch, capsys):
+  """Without timm, --compare_timm says how to install it in one line and exits 2, before any set-up."""
+  monkeypatch.setitem(sys.modules, 'timm', None)  # import timm now raises ImportError
+  with pytest.raises(SystemExit) as exit_info:
+    input_pipeline.main(['--compare_timm'])
+  assert exit_info.value.code == 2
+  captured = capsys.readouterr()
+  assert captured.out == ''
+  err = captured.err.strip()
+  assert len(err.splitlines()) == 1 and input_pipeline.TIMM_INSTALL in err and 'Traceback' not in err, err
