@@ -138,6 +138,7 @@ class Instr:
   op_name: str
   custom_target: str
   scalar: bool  # a rank-0 result (index arithmetic, reduction bodies)
+  shape: str  # the result type without layouts, e.g. 'f32[16,56,56,384]'
 
 
 def _type_bytes(type_str: str) -> int:
@@ -184,7 +185,8 @@ def parse_hlo(text: str) -> tuple[str, dict[str, Instr], dict[str, list[str]]]:
     instrs[name] = Instr(name=name, opcode=opcode, computation=comp, result_bytes=_type_bytes(type_str),
                          operands=re.findall(r'%([^\s,)]+)', args), calls=calls,
                          op_name=op_name.group(1) if op_name else '', custom_target=target.group(1) if target else '',
-                         scalar=re.fullmatch(r'[a-z]+[0-9]*\[\]', type_str.strip()) is not None)
+                         scalar=re.fullmatch(r'[a-z]+[0-9]*\[\]', type_str.strip()) is not None,
+                         shape=re.sub(r'\{[^}]*\}', '', type_str).strip())
     comps[comp].append(name)
   return (module.group(1) if module else ''), instrs, dict(comps)
 
@@ -233,6 +235,10 @@ class HloIndex:
     if ins is None:
       return 0
     return ins.result_bytes + sum(self.instrs[o].result_bytes for o in ins.operands if o in self.instrs)
+
+  def shape(self, name: str) -> str:
+    ins = self.instrs.get(name)
+    return ins.shape if ins else ''
 
   def op_name(self, name: str) -> str:
     ins = self.instrs.get(name)
@@ -308,6 +314,7 @@ def profile_step(run_step, hlo: HloIndex, top: int) -> dict:
     costliest = k['by_name'].most_common(1)[0][0]
     rows.append(dict(kind=kind, cls=cls, count=k['count'], ms=k['ns'] / 1e6, share=k['ns'] / total,
                      gbs=k['bytes'] / k['ns'] if k['bytes'] else None, costliest=costliest,
+                     costliest_ms=k['by_name'][costliest] / 1e6, shape=hlo.shape(costliest),
                      op=hlo.op_name(costliest)))
   shares = {c: by_class[c] / total for c in (COMPUTE,) + MEMORY_CLASSES}
   return dict(profile_wall_s=wall, kernel_thread_s=total / 1e9, num_kernel_events=len(events),
@@ -424,11 +431,11 @@ def report(r: dict) -> str:
     lines.append(f'| memory-bound, all | {r["memory_bound_share"]:.1%} | '
                  f'{r["memory_bound_share"] * r["kernel_thread_s"]:.2f} |')
     lines += ['', f'top {len(r["top_kinds"])} fusion kinds (GB/s: operand + result bytes per execution / time)',
-              '| kind | class | n | ms | share | GB/s | costliest instance: model op |', '|---|---|---:|---:|---:|---:|---|']
+              '| kind | class | n | ms | share | GB/s | costliest instance, its shape (ms): model op |', '|---|---|---:|---:|---:|---:|---|']
     for k in r['top_kinds']:
       gbs = f'{k["gbs"]:.1f}' if k['gbs'] is not None else ''
       lines.append(f'| {k["kind"]} | {k["cls"]} | {k["count"]} | {k["ms"]:.1f} | {k["share"]:.1%} | {gbs} | '
-                   f'{k["costliest"]}: {k["op"]} |')
+                   f'{k["costliest"]} {k["shape"]} ({k["costliest_ms"]:.1f} ms): {k["op"]} |')
   return '\n'.join(lines)
 
 

@@ -106,6 +106,7 @@ ENTRY %main (x: f32[8,16], w: f32[16,4], u: f32[4,8], v: f32[1,8], j: s32[]) -> 
   assert hlo.op_name('ynn_fusion.3') == 'fwd Net/Net.fc/dot_general'
   assert hlo.op_name('ynn_fusion.4') == 'step: reduce_sum'
   assert hlo.op_name('tanh_fusion') == '(inserted by XLA)'
+  assert hlo.shape('ynn_fusion.3') == 'f32[8,4]' and hlo.shape('wrapped_add') == 's32[]'
   assert roofline.short_op_name('jit(train_step)/transpose(jvp(HATNet))/HATNet.features/stage2/while/body/'
                                 'closed_call/blocks/conv/fc2') == 'bwd HATNet/HATNet.features/stage2/blocks/conv/fc2'
 
@@ -120,6 +121,7 @@ def test_profile_step_breaks_down_kernel_time():
   assert 0 < len(out['top_kinds']) <= 5
   assert abs(sum(k['share'] for k in out['top_kinds']) - 1.0) < 1e-6 or len(out['top_kinds']) == 5
   assert out['class_shares'][roofline.COMPUTE] > 0
+  assert all(k['shape'] and k['costliest_ms'] > 0 for k in out['top_kinds'])
 
 
 def test_compiled_cost_is_per_device():
