@@ -431,7 +431,8 @@ def report(r: dict) -> str:
     lines.append(f'| memory-bound, all | {r["memory_bound_share"]:.1%} | '
                  f'{r["memory_bound_share"] * r["kernel_thread_s"]:.2f} |')
     lines += ['', f'top {len(r["top_kinds"])} fusion kinds (GB/s: operand + result bytes per execution / time)',
-              '| kind | class | n | ms | share | GB/s | costliest instance, its shape (ms): model op |', '|---|---|---:|---:|---:|---:|---|']
+              '| kind | class | n | ms | share | GB/s | costliest instance, its shape (ms): model op |',
+              '|---|---|---:|---:|---:|---:|---|']
     for k in r['top_kinds']:
       gbs = f'{k["gbs"]:.1f}' if k['gbs'] is not None else ''
       lines.append(f'| {k["kind"]} | {k["cls"]} | {k["count"]} | {k["ms"]:.1f} | {k["share"]:.1%} | {gbs} | '
