@@ -14,6 +14,18 @@ and already on the devices. --batch_size is per device. Each figure is the media
 repetitions (after --warmup untimed steps) with min and max. FLOPs come from XLA's cost analysis of the
 step lowered with the stages unrolled (XLA counts a scan body once). Prints one JSON line per
 configuration, then a table. Needs no tensorflow.
+
+Beside the trainer's full step it times a bare model step (unless --skip_bare): forward, backward and
+optax.adamw (the config's learning-rate schedule, betas, eps and weight decay with its mask) on the same
+batch with plain integer-label cross-entropy (pixel CE with the ignore label for 'semfpn_*'), and no mixup,
+EMA, non-finite guard or gradient/parameter norms; jitted with the same shardings and donation. The two are
+timed in alternating repetitions; `full_over_bare_step_time` is the median over repetitions of full step
+time / bare step time (1.10 = the trainer's step takes 10 % longer than the bare one).
+
+Peak memory: the JAX figure is the device's peak on GPU/TPU and this process's peak RSS on CPU. With
+--compare_torch the PyTorch reference (benchmarks/torch_reference.py, the HAT-Net of tests/torch_hatnet.py,
+same model, batch and image size) runs in a subprocess of its own, so `torch_peak_memory_bytes` is that
+process's own peak RSS (on CUDA: torch's peak allocated device memory).
 """
 import argparse
 import itertools
@@ -21,17 +33,21 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default as default_config  # noqa: E402
 from configs import seg_default as seg_config  # noqa: E402
-from hatnet_jax import experiment, layout, models, tasks  # noqa: E402
+from hatnet_jax import experiment, layout, models, optim, tasks  # noqa: E402
 
 # Dense bf16 peak TFLOP/s (no sparsity) by device-kind substring, for the default MFU denominator.
 PEAK_BF16_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L4': 121.0, 'TPU v5 lite': 197.0,
@@ -60,6 +76,22 @@ def _time(fn, warmup: int, repeats: int, steps: int) -> list[float]:
   return out
 
 
+def _time_alternating(fns: dict, warmup: int, repeats: int, steps: int) -> dict[str, list[float]]:
+  """Like `_time` for several functions, whose repetitions alternate (so a busy moment of the machine
+  touches all of them alike): {name: seconds per step for each repetition}."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  out = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t = time.perf_counter()
+      for _ in range(steps):
+        fn()
+      out[name].append((time.perf_counter() - t) / steps)
+  return out
+
+
 def _peak_memory_bytes() -> tuple[int, str]:
   stats = jax.local_devices()[0].memory_stats() if jax.default_backend() != 'cpu' else None
   if stats and 'peak_bytes_in_use' in stats:
@@ -84,14 +116,15 @@ def _config(args, dtype, remat, attention_impl, global_batch):
   return c
 
 
-def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: int) -> dict:
+def setup(args, dtype: str, remat: bool, attention_impl: str, per_device: int) -> types.SimpleNamespace:
+  """The trainer's experiment for the model on a 'data' mesh of all local devices, and a synthetic batch on
+  the devices: namespace(mesh, config, facts, exp, batch, images, global_batch, data_sharding)."""
   mesh = layout.create_mesh(jax.local_devices())
   global_batch = per_device * mesh.size
   config = _config(args, dtype, remat, attention_impl, global_batch)
   num_classes = SEG_CLASSES if _segmentation(args) else NUM_CLASSES
   facts = tasks.DatasetFacts(name='synthetic', num_classes=num_classes, num_train=1000 * global_batch, num_eval=0)
   exp = experiment.Experiment.create(config, mesh=mesh, facts=facts)  # the trainer's own step
-  model = exp.model
   data_sharding = layout.data_sharding(mesh)
   s = args.image_size
   images = jax.device_put(np.random.RandomState(0).randn(global_batch, s, s, 3).astype(np.float32), data_sharding)
@@ -100,16 +133,80 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
     labels = jax.device_put(np.where(pixels >= SEG_CLASSES, 255, pixels).astype(np.int32), data_sharding)
   else:
     labels = jax.device_put(np.arange(global_batch, dtype=np.int32) % NUM_CLASSES, data_sharding)
-  batch = {'image': images, 'label': labels}
+  return types.SimpleNamespace(mesh=mesh, config=config, facts=facts, exp=exp, batch={'image': images, 'label': labels},
+                               images=images, global_batch=global_batch, data_sharding=data_sharding)
+
+
+def unrolled_experiment(setup_: types.SimpleNamespace) -> experiment.Experiment:
+  """The same experiment with config.model.unroll (every block visible to XLA's cost analysis)."""
+  config_u = setup_.config.copy_and_resolve_references()
+  with config_u.unlocked():
+    config_u.model.unroll = True
+  return experiment.Experiment.create(config_u, mesh=setup_.mesh, facts=setup_.facts)
+
+
+def bare_train_step(exp: experiment.Experiment):
+  """(jitted step (state, batch) -> (state, loss), init () -> state) of the bare model step: forward, backward
+  and optax.adamw with the config's schedule, betas, eps and weight decay (and its mask) on integer-label
+  cross-entropy; no mixup, EMA, non-finite guard or norms. state = (params, opt_state, model_state, rng),
+  laid out like the trainer's state (layout.state_shardings); the step donates it."""
+  config, model, mesh = exp.config, exp.model, exp.mesh
+  kernels_only = config.get('weight_decay_on', 'kernels') == 'kernels'
+  tx = optax.adamw(exp.learning_rate_fn, b1=config.b1, b2=config.b2, eps=config.eps,
+                   weight_decay=config.weight_decay, mask=optim.weight_decay_mask if kernels_only else None)
+  ignore_index = config.data.ignore_index if exp.task.name == 'segmentation' else None
+  mutable = list(exp.abstract_state.model_state)
+  replicated = NamedSharding(mesh, P())
+  opt_shapes = jax.eval_shape(tx.init, exp.abstract_state.params)
+  shardings = (exp.shardings.params, layout.state_shardings(opt_shapes, mesh, config), exp.shardings.model_state,
+               exp.shardings.rng)
+
+  def step(state, batch):
+    params, opt_state, model_state, rng = state
+    rng, dropout_rng = jax.random.split(rng)
+
+    def loss_fn(p):
+      variables = {'params': p, **model_state}
+      if mutable:
+        logits, new_model_state = model.apply(variables, batch['image'], train=True, rngs={'dropout': dropout_rng},
+                                              mutable=mutable)
+      else:
+        logits, new_model_state = model.apply(variables, batch['image'], train=True,
+                                              rngs={'dropout': dropout_rng}), model_state
+      logits, labels = logits.astype(jnp.float32), batch['label']
+      if ignore_index is None:
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)), new_model_state
+      valid = labels != ignore_index
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+      return jnp.sum(jnp.where(valid, ce, 0.0)) / labels.size, new_model_state
+
+    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state, dict(model_state), rng), loss
+
+  jitted = jax.jit(step, in_shardings=(shardings, layout.data_sharding(mesh)), out_shardings=(shardings, replicated),
+                   donate_argnums=(0,))
+
+  def init():
+    fresh = exp.init_state()
+    opt_state = jax.jit(tx.init, out_shardings=shardings[1])(fresh.params)
+    return fresh.params, opt_state, dict(fresh.model_state), fresh.rng
+
+  return jitted, init
+
+
+def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: int) -> dict:
+  su = setup(args, dtype, remat, attention_impl, per_device)
+  mesh, exp, batch, images, global_batch = su.mesh, su.exp, su.batch, su.images, su.global_batch
+  model = exp.model
+  data_sharding = su.data_sharding
+  s = args.image_size
   result = dict(model=args.model, backend=jax.default_backend(), device=jax.devices()[0].device_kind,
                 num_devices=mesh.size, batch_per_device=per_device, image_size=s, dtype=dtype, remat=remat,
                 attention_impl=attention_impl or 'default', jax=jax.__version__)
 
   # FLOPs of one train step / one forward, with every block visible to XLA's cost analysis.
-  config_u = config.copy_and_resolve_references()
-  with config_u.unlocked():
-    config_u.model.unroll = True
-  exp_u = experiment.Experiment.create(config_u, mesh=mesh, facts=facts)
+  exp_u = unrolled_experiment(su)
   unrolled, abstract_u = exp_u.model, exp_u.abstract_state
   result['train_gflops_per_image'] = (exp_u.train_step.lower(abstract_u, batch).cost_analysis()['flops']
                                       / global_batch / 1e9)
@@ -121,18 +218,33 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
     t = time.perf_counter()
     compiled = exp.train_step.lower(exp.abstract_state, batch).compile()
     result['train_compile_s'] = time.perf_counter() - t
-    state = exp.init_state()
-    holder = [state]
+    holder = {'full': exp.init_state()}
 
     def run():
-      holder[0], metrics = compiled(holder[0], batch)
+      holder['full'], metrics = compiled(holder['full'], batch)
       jax.block_until_ready(metrics['train_loss'])
 
-    times = _time(run, args.warmup, args.repeats, args.steps)
-    ips = [global_batch / t for t in times]
+    fns = {'full': run}
+    if not getattr(args, 'skip_bare', False):
+      bare, bare_init = bare_train_step(exp)
+      holder['bare'] = bare_init()
+      t = time.perf_counter()
+      compiled_bare = bare.lower(holder['bare'], batch).compile()
+      result['bare_train_compile_s'] = time.perf_counter() - t
+
+      def run_bare():
+        holder['bare'], loss = compiled_bare(holder['bare'], batch)
+        jax.block_until_ready(loss)
+
+      fns['bare'] = run_bare
+    times = _time_alternating(fns, args.warmup, args.repeats, args.steps)
+    ips = [global_batch / t for t in times['full']]
     result.update(train_images_per_s=statistics.median(ips), train_images_per_s_min=min(ips),
                   train_images_per_s_max=max(ips))
-    del holder, state
+    if 'bare' in times:
+      result['bare_train_images_per_s'] = statistics.median(global_batch / t for t in times['bare'])
+      result['full_over_bare_step_time'] = statistics.median(f / b for f, b in zip(times['full'], times['bare']))
+    del holder
 
   if 'infer' in args.mode:
     params = exp.init_state().variables()  # {'params', and the model's batch_stats if it has BatchNorm}
@@ -158,50 +270,24 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
 
 def bench_torch(args, dtype: str, per_device: int) -> dict:
   """The PyTorch HAT-Net of the parity tests (tests/torch_hatnet.py): AdamW train step and inference on one
-  device (CUDA if available, with bf16 autocast for dtype=bfloat16)."""
-  import torch  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests'))
-  import torch_hatnet  # pylint: disable=g-import-not-at-top
-  device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  net = torch_hatnet.HATNet(models.get_variant(args.model), num_classes=NUM_CLASSES, drop_path_rate=0.1).to(device)
-  net = net.to(memory_format=torch.channels_last)
-  opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
-  s = args.image_size
-  x = torch.randn(per_device, 3, s, s, device=device).to(memory_format=torch.channels_last)
-  y = torch.randint(0, NUM_CLASSES, (per_device,), device=device)
-  amp = dict(device_type=device, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
-  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-
-  def train_step():
-    with torch.autocast(**amp):
-      loss = torch.nn.functional.cross_entropy(net(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    sync()
-
-  def infer():
-    with torch.no_grad(), torch.autocast(**amp):
-      net(x)
-    sync()
-
-  out = dict(torch=torch.__version__, torch_device=device, torch_threads=torch.get_num_threads())
-  if 'train' in args.mode:
-    net.train()
-    out['torch_train_images_per_s'] = statistics.median(
-        per_device / t for t in _time(train_step, args.warmup, args.repeats, args.steps))
-  if 'infer' in args.mode:
-    net.eval()
-    out['torch_infer_images_per_s'] = statistics.median(
-        per_device / t for t in _time(infer, args.warmup, args.repeats, args.steps))
-  return out
+  device (CUDA if available, with bf16 autocast for dtype=bfloat16), run by benchmarks/torch_reference.py in
+  a subprocess so that its peak memory is its own (`torch_peak_memory_bytes`)."""
+  cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'torch_reference.py'),
+         f'--model={args.model}', f'--batch_size={per_device}', f'--image_size={args.image_size}', f'--dtype={dtype}',
+         f'--mode={",".join(args.mode)}', f'--warmup={args.warmup}', f'--repeats={args.repeats}',
+         f'--steps={args.steps}']
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if out.returncode != 0:
+    raise RuntimeError(f'{" ".join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}')
+  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def find_max_batch(args, dtype, remat, attention_impl) -> int:
   """Largest per-device batch (powers of two, then bisection) whose train step runs without OOM."""
   def fits(b):
     try:
-      bench_jax(argparse.Namespace(**{**vars(args), 'mode': 'train', 'warmup': 1, 'repeats': 1, 'steps': 1}),
+      bench_jax(argparse.Namespace(**{**vars(args), 'mode': 'train', 'warmup': 1, 'repeats': 1, 'steps': 1,
+                                      'skip_bare': True}),
                 dtype, remat, attention_impl, b)
       return True
     except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED is the expected failure
@@ -223,12 +309,14 @@ def find_max_batch(args, dtype, remat, attention_impl) -> int:
 def _table(rows: list[dict]) -> str:
   cols = [('dtype', 'dtype', '{}'), ('batch/dev', 'batch_per_device', '{}'), ('attn', 'attention_impl', '{}'),
           ('remat', 'remat', '{}'), ('train img/s', 'train_images_per_s', '{:.1f}'),
-          ('(min-max)', None, None), ('compile s', 'train_compile_s', '{:.1f}'),
+          ('(min-max)', None, None), ('bare img/s', 'bare_train_images_per_s', '{:.1f}'),
+          ('full/bare time', 'full_over_bare_step_time', '{:.2f}'), ('compile s', 'train_compile_s', '{:.1f}'),
           ('infer img/s', 'infer_images_per_s', '{:.1f}'), ('infer compile s', 'infer_compile_s', '{:.1f}'),
           ('GFLOP/img train', 'train_gflops_per_image', '{:.2f}'), ('train TFLOP/s', 'train_tflops', '{:.2f}'),
           ('MFU', 'train_mfu', '{:.1%}'), ('peak mem GiB', 'peak_memory_bytes', None),
           ('torch train img/s', 'torch_train_images_per_s', '{:.1f}'),
-          ('torch infer img/s', 'torch_infer_images_per_s', '{:.1f}')]
+          ('torch infer img/s', 'torch_infer_images_per_s', '{:.1f}'),
+          ('torch peak mem GiB', 'torch_peak_memory_bytes', None)]
   lines = ['| ' + ' | '.join(c[0] for c in cols) + ' |', '|' + '---|' * len(cols)]
   for r in rows:
     cells = []
@@ -236,8 +324,8 @@ def _table(rows: list[dict]) -> str:
       if key is None:
         lo, hi = r.get('train_images_per_s_min'), r.get('train_images_per_s_max')
         cells.append(f'{lo:.1f}-{hi:.1f}' if lo is not None else '')
-      elif key == 'peak_memory_bytes':
-        cells.append(f"{r[key] / 2**30:.1f}")
+      elif key in ('peak_memory_bytes', 'torch_peak_memory_bytes'):
+        cells.append(f"{r[key] / 2**30:.1f}" if r.get(key) is not None else '')
       elif r.get(key) is None:
         cells.append('')
       else:
@@ -260,7 +348,10 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=1, help='steps per timed repetition')
   parser.add_argument('--peak_tflops', type=float, default=None,
                       help='per-device peak TFLOP/s for MFU (default: bf16 dense peak of the detected GPU)')
-  parser.add_argument('--compare_torch', action='store_true', help='also time the PyTorch implementation')
+  parser.add_argument('--skip_bare', action='store_true',
+                      help='do not time the bare model step (fwd + bwd + AdamW) beside the full train step')
+  parser.add_argument('--compare_torch', action='store_true',
+                      help='also time the PyTorch implementation (in a subprocess: its own peak memory)')
   parser.add_argument('--find_max_batch', action='store_true', help='search the largest per-device batch')
   parser.add_argument('--max_batch_start', type=int, default=64)
   parser.add_argument('--json_out', default='', help='append the JSON lines to this file')
@@ -301,6 +392,14 @@ def main(argv=None):
       if f'{kind}_speedup_vs_torch' in r:
         print(f'{kind} {r["dtype"]} batch {r["batch_per_device"]}: {r[f"{kind}_speedup_vs_torch"]:.2f}x PyTorch '
               f'({r["torch_device"]}, {r["torch_threads"]} threads)')
+    if 'full_over_bare_step_time' in r:
+      print(f'train {r["dtype"]} batch {r["batch_per_device"]}: full step / bare model step time '
+            f'{r["full_over_bare_step_time"]:.3f} ({r["train_images_per_s"]:.2f} vs '
+            f'{r["bare_train_images_per_s"]:.2f} img/s)')
+    if r.get('torch_peak_memory_bytes') is not None:
+      print(f'peak memory {r["dtype"]} batch {r["batch_per_device"]}: JAX {r["peak_memory_bytes"] / 2**30:.2f} GiB '
+            f'({r["peak_memory_kind"]}), PyTorch {r["torch_peak_memory_bytes"] / 2**30:.2f} GiB '
+            f'({r["torch_peak_memory_kind"]})')
 
 
 if __name__ == '__main__':

@@ -10,7 +10,7 @@ import input_pipeline  # noqa: E402
 import model_speed  # noqa: E402
 
 
-@pytest.mark.slow  # two compilations of the trainer's step and the PyTorch reference: ~1-2.5 min here
+@pytest.mark.slow  # compilations of the trainer's and the bare step, the PyTorch reference: ~2-4 min here
 def test_model_speed_smallest_setting(capsys, tmp_path):
   pytest.importorskip('torch', reason='--compare_torch needs torch (pip install -r requirements.txt)')
   out = tmp_path / 'rows.jsonl'
@@ -22,11 +22,16 @@ def test_model_speed_smallest_setting(capsys, tmp_path):
   # 8 fake CPU devices (tests/conftest.py): the step runs sharded over all of them.
   assert row['num_devices'] == 8 and row['batch_per_device'] == 1
   for key in ('train_images_per_s', 'infer_images_per_s', 'train_compile_s', 'train_gflops_per_image',
-              'torch_train_images_per_s', 'train_speedup_vs_torch', 'peak_memory_bytes'):
+              'torch_train_images_per_s', 'train_speedup_vs_torch', 'peak_memory_bytes',
+              'bare_train_images_per_s', 'bare_train_compile_s', 'full_over_bare_step_time',
+              'torch_peak_memory_bytes'):
     assert row[key] > 0, key
   # a train step costs about 3 forward passes
   assert 2.0 < row['train_gflops_per_image'] / row['infer_gflops_per_image'] < 4.0
   assert '| float32 | 1 |' in printed and 'x PyTorch' in printed
+  assert 'full step / bare model step time' in printed and 'PyTorch' in printed.splitlines()[-1]
+  # The PyTorch process's own peak (VmHWM), not the JAX process's RSS it was forked from.
+  assert row['torch_peak_memory_kind'] == 'host peak RSS (own process)'
 
 
 @pytest.mark.slow  # generates JPEGs and times each pipeline for a moment: ~1 min here
