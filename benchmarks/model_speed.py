@@ -47,7 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default as default_config  # noqa: E402
 from configs import seg_default as seg_config  # noqa: E402
-from hatnet_jax import experiment, layout, models, optim, tasks  # noqa: E402
+from hatnet_jax import experiment, host_memory, layout, models, optim, tasks  # noqa: E402
 
 # Dense bf16 peak TFLOP/s (no sparsity) by device-kind substring, for the default MFU denominator.
 PEAK_BF16_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L4': 121.0, 'TPU v5 lite': 197.0,
@@ -355,7 +355,12 @@ def main(argv=None):
   parser.add_argument('--find_max_batch', action='store_true', help='search the largest per-device batch')
   parser.add_argument('--max_batch_start', type=int, default=64)
   parser.add_argument('--json_out', default='', help='append the JSON lines to this file')
+  parser.add_argument('--keep_freed_memory', type=int, default=1,
+                      help="1: the trainer's host-memory setting on CPU (hatnet_jax.host_memory; as main.py with "
+                      "config.cpu_keep_freed_memory), 0: glibc's default")
   args = parser.parse_args(argv)
+  if args.keep_freed_memory:  # before anything starts JAX's backend
+    print('host memory: %s (%s)' % host_memory.keep_freed_memory(), flush=True)
   args.mode = args.mode.split(',')
 
   rows = []
