@@ -86,9 +86,9 @@ def test_dropout_and_drop_path_only_in_train_mode_and_deterministic_in_rng(micro
   assert not np.allclose(train_a, eval_a)
 
 
-def _stage(rates, remat=False):
+def _stage(rates, remat=False, unroll=False):
   block = dict(dim=32, head_dim=16, grid_size=4, ds_ratio=2, expansion=2, kernel_size=3)
-  return hatnet.Stage(block, rates, remat)
+  return hatnet.Stage(block, rates, remat, unroll)
 
 
 def test_drop_path_rates_apply_per_block():
@@ -115,6 +115,21 @@ def test_remat_gives_the_same_gradients():
         variables)
   for a, b in zip(jax.tree.leaves(grads(_stage((0.0, 0.1)))), jax.tree.leaves(grads(_stage((0.0, 0.1), True)))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_unrolled_stage_gives_the_same_outputs_and_gradients():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
+  variables = _stage((0.0, 0.1, 0.2)).init(jax.random.key(1), x, train=False)
+
+  def run(stage):
+    loss = lambda v: stage.apply(v, x, train=True, rngs={'dropout': jax.random.key(2)}).sum()
+    return jax.jit(jax.value_and_grad(loss))(variables)
+  (loss_s, grads_s), (loss_u, grads_u) = run(_stage((0.0, 0.1, 0.2))), run(_stage((0.0, 0.1, 0.2), unroll=True))
+  np.testing.assert_allclose(loss_u, loss_s, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads_u), jax.tree.leaves(grads_s)):  # fusions differ: float rounding
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert [hatnet.unrolls(u, d) for u, d in [(True, 27), (False, 2), (8, 8), (8, 27), (0, 1)]] == [
+      True, False, True, False, False]
 
 
 def test_bfloat16_close_to_float32_with_float32_params_softmax_norms(micro):

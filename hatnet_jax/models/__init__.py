@@ -51,14 +51,15 @@ def _dtype(d, field):
 
 def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, drop_rate: float = 0.0,
            head_drop_rate: float | None = None, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
-           unroll: bool = False, attention_impl: str | None = None, depthwise_impl: str = 'auto',
+           unroll: bool | int = False, attention_impl: str | None = None, depthwise_impl: str = 'auto',
            **overrides) -> HATNet | SemanticFPN:
   """Model `name` ('hatnet_tiny', 'semfpn_hatnet_tiny', ... see names()); `overrides` replace fields of the
   backbone's table row (e.g. dims).
 
   dtype is the compute dtype ('float32' or 'bfloat16'), param_dtype that of the parameters.
-  remat rematerialises each block in the backward pass; unroll unrolls the scan over a stage's blocks
-  (longer compiles; XLA's cost analysis then counts every block).
+  remat rematerialises each block in the backward pass; unroll unrolls the scan over a stage's blocks: True
+  every stage, an int N the stages of at most N blocks (faster steps, longer compiles; XLA's cost analysis
+  counts every block of an unrolled stage).
   head_drop_rate: dropout before the classifier / conv_seg; None takes the family's default (0.2 for
   the classifier as the official model, 0.1 for Semantic FPN as mmseg).
   attention_impl: None/'' (JAX chooses), 'xla', or 'cudnn' (flash attention on GPU).

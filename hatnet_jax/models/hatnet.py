@@ -64,6 +64,13 @@ class Block(nn.Module):
     return x, None
 
 
+def unrolls(unroll: bool | int, depth: int) -> bool:
+  """Whether a stage of `depth` blocks is unrolled under the model's `unroll` setting (bool or max depth)."""
+  if isinstance(unroll, bool):
+    return unroll
+  return depth <= int(unroll)
+
+
 class Stage(nn.Module):
   """`depth` identical blocks under one lax.scan, so compile time does not grow with depth."""
   block: dict  # Block's fields other than `train`
@@ -96,7 +103,10 @@ class HATNet(nn.Module):
   drop_rate: float = 0.0
   head_drop_rate: float = 0.2
   remat: bool = False
-  unroll: bool = False
+  # True: every stage's blocks are unrolled; an int N: the stages of at most N blocks. An unrolled stage
+  # keeps each block's saved activations apart, where a scanned one stacks them into buffers the loop writes
+  # and the backward pass reads (on CPU a quarter of the tiny train step); a scanned stage compiles once.
+  unroll: bool | int = False
   attention_impl: str | None = None
   depthwise_impl: str = 'auto'
   dtype: Any = jnp.float32
@@ -132,7 +142,7 @@ class HATNet(nn.Module):
       if self.sow_attention:
         block['sow_attention'] = True
       x = Stage(block, tuple(float(r) for r in rates[start:start + v.depths[i]]), self.remat,
-                self.unroll, name=f'stage{i + 1}')(x, train)
+                unrolls(self.unroll, v.depths[i]), name=f'stage{i + 1}')(x, train)
       maps.append(x)
     return maps
 

@@ -111,7 +111,7 @@ class SemanticFPN(nn.Module):
   drop_rate: float = 0.0
   head_drop_rate: float = 0.1
   remat: bool = False
-  unroll: bool = False
+  unroll: bool | int = False  # as HATNet's
   attention_impl: str | None = None
   depthwise_impl: str = 'auto'
   dtype: Any = jnp.float32
