@@ -64,24 +64,26 @@ def _peak_tflops(flag_value: float | None) -> float | None:
 
 
 def _time(fn, warmup: int, repeats: int, steps: int) -> list[float]:
-  """Seconds per step of `fn` (which blocks), for each repetition of `steps` steps."""
-  for _ in range(warmup):
-    fn()
-  out = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    for _ in range(steps):
-      fn()
-    out.append((time.perf_counter() - t) / steps)
-  return out
+  """Seconds per step of `fn` (which blocks), for each repetition of `steps` steps. On CPU with the kept
+  host memory (hatnet_jax.host_memory) the trainer's guard runs between repetitions, as between steps."""
+  return _time_alternating({'': fn}, warmup, repeats, steps)['']
 
 
 def _time_alternating(fns: dict, warmup: int, repeats: int, steps: int) -> dict[str, list[float]]:
   """Like `_time` for several functions, whose repetitions alternate (so a busy moment of the machine
-  touches all of them alike): {name: seconds per step for each repetition}."""
+  touches all of them alike): {name: seconds per step for each repetition}. With the kept host memory
+  (hatnet_jax.host_memory, CPU) they run one after the other instead, with the memory trimmed between
+  them: two programs taking turns fragment the kept heap (each takes a new block; hatnet_medium grew past
+  24 GB), and the trainer runs one program at a time. The trainer's memory guard runs between repetitions.
+  """
+  if host_memory.applied() and len(fns) > 1:
+    return {name: _time_alternating({name: fn}, warmup, repeats, steps)[name] for name, fn in fns.items()}
+  host_memory.trim()  # what earlier programs left free goes back: as in a fresh process
+  guard = host_memory.RssGuard()
   for fn in fns.values():
     for _ in range(warmup):
       fn()
+      guard.check()
   out = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
@@ -89,6 +91,7 @@ def _time_alternating(fns: dict, warmup: int, repeats: int, steps: int) -> dict[
       for _ in range(steps):
         fn()
       out[name].append((time.perf_counter() - t) / steps)
+      guard.check()
   return out
 
 

@@ -8,9 +8,12 @@ with mmap and returns them with munmap, so every step page-faults the whole bloc
 block freed by one step is reused by the next without a fault. The process's peak memory is unchanged (the
 block is needed at the peak anyway); what is freed is kept for reuse rather than returned to the system.
 
-Kept memory can fragment: a long-lived small allocation landing in a freed block makes the next step take a
-new one. `trim()` (malloc_trim) hands every free page back; the trainer calls it after each evaluation, so
-at worst one step per evaluation page-faults again.
+Kept memory can fragment: a small allocation landing in a freed block, or two programs with blocks of
+different sizes taking turns (train and eval steps), makes the next execution take a new block, and the
+process grows (a benchmark alternating two steps of hatnet_medium grew past 24 GB). `trim()` (malloc_trim)
+hands every free page back; `RssGuard` calls it when the resident memory has grown by more than a quarter
+since its first check. The trainer checks it at every step and trims after each evaluation, so growth is
+bounded and costs one page-faulting step where it happens.
 
 It must run before JAX starts its CPU client (threads pick their malloc arena when they first allocate),
 so main.py and the benchmarks call it first; called later, it does nothing and says why. It applies only
@@ -62,7 +65,37 @@ def keep_freed_memory() -> tuple[bool, str]:
   return ok, 'one malloc arena, no mmap, no trimming' if ok else 'mallopt refused a setting'
 
 
+def applied() -> bool:
+  """Whether `keep_freed_memory` took effect in this process."""
+  return _applied
+
+
 def trim() -> None:
   """Returns all free heap pages to the system (malloc_trim), where `keep_freed_memory` was applied."""
   if _applied:
     ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim(0)
+
+
+def _rss_bytes() -> int:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+class RssGuard:
+  """`check()` after each step: trims when the resident memory exceeds (1 + slack) x that of the first check."""
+
+  def __init__(self, slack: float = 0.25):
+    self.slack, self.base, self.trims = slack, None, 0
+
+  def check(self) -> bool:
+    """Whether it trimmed now. Does nothing unless `keep_freed_memory` was applied."""
+    if not _applied:
+      return False
+    rss = _rss_bytes()
+    if self.base is None:
+      self.base = rss
+    elif rss > (1 + self.slack) * self.base:
+      trim()
+      self.trims += 1
+      return True
+    return False

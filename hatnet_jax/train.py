@@ -200,6 +200,7 @@ class _Loop:
     self.profile = monitor.create_profile_hook(self.config, workdir)
     self.pending, self.t_interval, self.steps_interval = [], time.time(), 0
     self.last_eval, self.stopped = None, None
+    self.memory_guard = host_memory.RssGuard()
 
   def run(self, state):
     exp = self.exp
@@ -220,6 +221,7 @@ class _Loop:
         self.t_interval, self.steps_interval = time.time(), 0
       if self.profile is not None:
         self.profile(done)
+      self.memory_guard.check()  # kept host memory (CPU) must not grow from step to step
       if done % self.config.log_every_steps == 0 or done == exp.num_steps:
         self._log_train(state, done)
       state = self._checkpoint_and_eval(state, done)

@@ -56,3 +56,19 @@ def test_not_applied_where_an_accelerator_is_selected(monkeypatch):
   monkeypatch.setenv('JAX_PLATFORMS', 'cuda')
   monkeypatch.delitem(sys.modules, 'jax', raising=False)  # as in a fresh process: JAX not yet imported
   assert host_memory.keep_freed_memory() == (False, 'an accelerator backend is installed or selected')
+
+
+def test_guard_trims_when_resident_memory_grows_past_the_slack(monkeypatch):
+  from hatnet_jax import host_memory
+  rss, trims = [10_000], []
+  monkeypatch.setattr(host_memory, '_applied', True)
+  monkeypatch.setattr(host_memory, '_rss_bytes', lambda: rss[0])
+  monkeypatch.setattr(host_memory, 'trim', lambda: trims.append(rss[0]))
+  guard = host_memory.RssGuard(slack=0.25)
+  for value in (10_000, 12_000, 12_500, 12_600, 9_000, 20_000):  # the first check sets the base
+    rss[0] = value
+    guard.check()
+  assert trims == [12_600, 20_000] and guard.trims == 2
+  monkeypatch.setattr(host_memory, '_applied', False)  # glibc's default: nothing to guard
+  rss[0] = 10 ** 9
+  assert not host_memory.RssGuard().check() and len(trims) == 2
