@@ -358,9 +358,9 @@ def main(argv=None):
   parser.add_argument('--find_max_batch', action='store_true', help='search the largest per-device batch')
   parser.add_argument('--max_batch_start', type=int, default=64)
   parser.add_argument('--json_out', default='', help='append the JSON lines to this file')
-  parser.add_argument('--keep_freed_memory', type=int, default=1,
-                      help="1: the trainer's host-memory setting on CPU (hatnet_jax.host_memory; as main.py with "
-                      "config.cpu_keep_freed_memory), 0: glibc's default")
+  parser.add_argument('--keep_freed_memory', type=int, default=0,
+                      help="1: keep freed host memory on CPU (hatnet_jax.host_memory; as main.py with "
+                      "config.cpu_keep_freed_memory=True), 0: glibc's default (the trainer's default)")
   args = parser.parse_args(argv)
   if args.keep_freed_memory:  # before anything starts JAX's backend
     print('host memory: %s (%s)' % host_memory.keep_freed_memory(), flush=True)

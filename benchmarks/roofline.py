@@ -456,9 +456,9 @@ def main(argv=None):
   parser.add_argument('--skip_profile', action='store_true', help='no profile / op breakdown')
   parser.add_argument('--top', type=int, default=12, help='fusion kinds listed')
   parser.add_argument('--json_out', default='', help='append the JSON line to this file')
-  parser.add_argument('--keep_freed_memory', type=int, default=1,
-                      help="1: the trainer's host-memory setting on CPU (hatnet_jax.host_memory; as main.py with "
-                      "config.cpu_keep_freed_memory), 0: glibc's default")
+  parser.add_argument('--keep_freed_memory', type=int, default=0,
+                      help="1: keep freed host memory on CPU (hatnet_jax.host_memory; as main.py with "
+                      "config.cpu_keep_freed_memory=True), 0: glibc's default (the trainer's default)")
   args = parser.parse_args(argv)
   if args.keep_freed_memory:  # before anything starts JAX's backend
     print('host memory: %s (%s)' % host_memory.keep_freed_memory(), flush=True)
