@@ -337,6 +337,19 @@ def _table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+def add_host_memory_flag(parser: argparse.ArgumentParser):
+  """--keep_freed_memory, shared with roofline.py."""
+  parser.add_argument('--keep_freed_memory', type=int, default=0,
+                      help="1: keep freed host memory on CPU (hatnet_jax.host_memory; as main.py with "
+                      "config.cpu_keep_freed_memory=True), 0: glibc's default (the trainer's default)")
+
+
+def apply_host_memory_flag(args):
+  """Call right after parsing: it must come before anything starts JAX's backend."""
+  if args.keep_freed_memory:
+    print('host memory: %s (%s)' % host_memory.keep_freed_memory(), flush=True)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--model', default='hatnet_tiny', choices=models.names())
@@ -358,12 +371,9 @@ def main(argv=None):
   parser.add_argument('--find_max_batch', action='store_true', help='search the largest per-device batch')
   parser.add_argument('--max_batch_start', type=int, default=64)
   parser.add_argument('--json_out', default='', help='append the JSON lines to this file')
-  parser.add_argument('--keep_freed_memory', type=int, default=0,
-                      help="1: keep freed host memory on CPU (hatnet_jax.host_memory; as main.py with "
-                      "config.cpu_keep_freed_memory=True), 0: glibc's default (the trainer's default)")
+  add_host_memory_flag(parser)
   args = parser.parse_args(argv)
-  if args.keep_freed_memory:  # before anything starts JAX's backend
-    print('host memory: %s (%s)' % host_memory.keep_freed_memory(), flush=True)
+  apply_host_memory_flag(args)
   args.mode = args.mode.split(',')
 
   rows = []

@@ -50,7 +50,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model_speed  # noqa: E402  (puts the repository root on sys.path)
-from hatnet_jax import host_memory, models  # noqa: E402
+from hatnet_jax import models  # noqa: E402
 
 COMPUTE = 'matmul/conv'
 MEMORY_CLASSES = ('element-wise', 'reduction', 'data movement')  # the memory-bound classes
@@ -456,12 +456,9 @@ def main(argv=None):
   parser.add_argument('--skip_profile', action='store_true', help='no profile / op breakdown')
   parser.add_argument('--top', type=int, default=12, help='fusion kinds listed')
   parser.add_argument('--json_out', default='', help='append the JSON line to this file')
-  parser.add_argument('--keep_freed_memory', type=int, default=0,
-                      help="1: keep freed host memory on CPU (hatnet_jax.host_memory; as main.py with "
-                      "config.cpu_keep_freed_memory=True), 0: glibc's default (the trainer's default)")
+  model_speed.add_host_memory_flag(parser)
   args = parser.parse_args(argv)
-  if args.keep_freed_memory:  # before anything starts JAX's backend
-    print('host memory: %s (%s)' % host_memory.keep_freed_memory(), flush=True)
+  model_speed.apply_host_memory_flag(args)
 
   sizes = [int(n) for n in args.matmul_sizes.split(',')]
   r = dict(cpu=_cpu_name(), cpu_count=os.cpu_count(), jax=jax.__version__, backend=jax.default_backend(),

@@ -23,6 +23,7 @@ device memory is not malloc'd, and a single arena would only serialise the input
 """
 import ctypes
 import ctypes.util
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -33,6 +34,11 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _applied = False
 _ACCELERATOR_MODULES = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin', 'jax_rocm7_plugin',
                         'libtpu')
+
+
+@functools.lru_cache(maxsize=None)
+def _libc() -> ctypes.CDLL:
+  return ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
 
 
 def _cpu_is_the_backend() -> bool:
@@ -55,8 +61,7 @@ def keep_freed_memory() -> tuple[bool, str]:
   if not _cpu_is_the_backend():
     return False, 'an accelerator backend is installed or selected'
   try:
-    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-    mallopt = libc.mallopt
+    mallopt = _libc().mallopt
   except (OSError, AttributeError):
     return False, 'no glibc mallopt'
   # 0 means failure. Trim threshold -1 is read as the largest size: never trim.
@@ -74,7 +79,7 @@ def applied() -> bool:
 def trim() -> None:
   """Returns all free heap pages to the system (malloc_trim), where `keep_freed_memory` was applied."""
   if _applied:
-    ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim(0)
+    _libc().malloc_trim(0)
 
 
 def _rss_bytes() -> int:
