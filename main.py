@@ -61,11 +61,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
-  if _CONFIG.value.cpu_keep_freed_memory:  # before JAX starts its backend (see hatnet_jax.host_memory)
+  if _CONFIG.value.cpu_huge_pages:  # first: it may start the program again (see hatnet_jax.host_memory)
     from hatnet_jax import host_memory  # pylint: disable=g-import-not-at-top
-    applied, why = host_memory.keep_freed_memory()
-    logging.info('Host memory (CPU backend): %s: %s.', 'freed memory kept for reuse' if applied else 'glibc default',
-                 why)
+    applied, why = host_memory.reexec_with_huge_pages()
+    logging.info('Host memory (CPU backend): %s.', why if applied else f'glibc default ({why})')
   import jax  # pylint: disable=g-import-not-at-top
   multihost = _MULTIHOST.value
   if multihost is None:

@@ -47,7 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default as default_config  # noqa: E402
 from configs import seg_default as seg_config  # noqa: E402
-from hatnet_jax import experiment, host_memory, layout, models, optim, tasks  # noqa: E402
+from hatnet_jax import experiment, host_memory, layout, models, optim, tasks, xla_options  # noqa: E402
 
 # Dense bf16 peak TFLOP/s (no sparsity) by device-kind substring, for the default MFU denominator.
 PEAK_BF16_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L4': 121.0, 'TPU v5 lite': 197.0,
@@ -64,26 +64,16 @@ def _peak_tflops(flag_value: float | None) -> float | None:
 
 
 def _time(fn, warmup: int, repeats: int, steps: int) -> list[float]:
-  """Seconds per step of `fn` (which blocks), for each repetition of `steps` steps. On CPU with the kept
-  host memory (hatnet_jax.host_memory) the trainer's guard runs between repetitions, as between steps."""
+  """Seconds per step of `fn` (which blocks), for each repetition of `steps` steps."""
   return _time_alternating({'': fn}, warmup, repeats, steps)['']
 
 
 def _time_alternating(fns: dict, warmup: int, repeats: int, steps: int) -> dict[str, list[float]]:
   """Like `_time` for several functions, whose repetitions alternate (so a busy moment of the machine
-  touches all of them alike): {name: seconds per step for each repetition}. With the kept host memory
-  (hatnet_jax.host_memory, CPU) they run one after the other instead, with the memory trimmed between
-  them: two programs taking turns fragment the kept heap (each takes a new block; hatnet_medium grew past
-  24 GB), and the trainer runs one program at a time. The trainer's memory guard runs between repetitions.
-  """
-  if host_memory.applied() and len(fns) > 1:
-    return {name: _time_alternating({name: fn}, warmup, repeats, steps)[name] for name, fn in fns.items()}
-  host_memory.trim()  # what earlier programs left free goes back: as in a fresh process
-  guard = host_memory.RssGuard()
+  touches all of them alike): {name: seconds per step for each repetition}."""
   for fn in fns.values():
     for _ in range(warmup):
       fn()
-      guard.check()
   out = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
@@ -91,7 +81,6 @@ def _time_alternating(fns: dict, warmup: int, repeats: int, steps: int) -> dict[
       for _ in range(steps):
         fn()
       out[name].append((time.perf_counter() - t) / steps)
-      guard.check()
   return out
 
 
@@ -188,7 +177,7 @@ def bare_train_step(exp: experiment.Experiment):
     return (optax.apply_updates(params, updates), opt_state, dict(model_state), rng), loss
 
   jitted = jax.jit(step, in_shardings=(shardings, layout.data_sharding(mesh)), out_shardings=(shardings, replicated),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,), compiler_options=_compiler_options(exp))
 
   def init():
     fresh = exp.init_state()
@@ -196,6 +185,11 @@ def bare_train_step(exp: experiment.Experiment):
     return fresh.params, opt_state, dict(fresh.model_state), fresh.rng
 
   return jitted, init
+
+
+def _compiler_options(exp):
+  """The trainer's XLA options (config.cpu_compiler_options on CPU), for the programs built here."""
+  return xla_options.compiler_options(exp.config.get('cpu_compiler_options'))
 
 
 def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: int) -> dict:
@@ -251,7 +245,8 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
 
   if 'infer' in args.mode:
     params = exp.init_state().variables()  # {'params', and the model's batch_stats if it has BatchNorm}
-    infer = jax.jit(lambda v, x: model.apply(v, x, train=False), out_shardings=data_sharding)
+    infer = jax.jit(lambda v, x: model.apply(v, x, train=False), out_shardings=data_sharding,
+                    compiler_options=_compiler_options(exp))
     t = time.perf_counter()
     compiled_infer = infer.lower(params, images).compile()
     result['infer_compile_s'] = time.perf_counter() - t
@@ -338,16 +333,16 @@ def _table(rows: list[dict]) -> str:
 
 
 def add_host_memory_flag(parser: argparse.ArgumentParser):
-  """--keep_freed_memory, shared with roofline.py."""
-  parser.add_argument('--keep_freed_memory', type=int, default=0,
-                      help="1: keep freed host memory on CPU (hatnet_jax.host_memory; as main.py with "
-                      "config.cpu_keep_freed_memory=True), 0: glibc's default (the trainer's default)")
+  """--huge_pages, shared with roofline.py."""
+  parser.add_argument('--huge_pages', type=int, default=1,
+                      help="1: restart with glibc's huge-page tunable on CPU, as main.py does by default "
+                      "(hatnet_jax.host_memory, config.cpu_huge_pages), 0: glibc's default")
 
 
 def apply_host_memory_flag(args):
-  """Call right after parsing: it must come before anything starts JAX's backend."""
-  if args.keep_freed_memory:
-    print('host memory: %s (%s)' % host_memory.keep_freed_memory(), flush=True)
+  """Call right after parsing, before anything else: it may start the program again."""
+  if args.huge_pages:
+    print('host memory: %s (%s)' % host_memory.reexec_with_huge_pages(), flush=True)
 
 
 def main(argv=None):

@@ -25,6 +25,7 @@ from hatnet_jax import optim
 from hatnet_jax import schedule
 from hatnet_jax import steps
 from hatnet_jax import tasks
+from hatnet_jax import xla_options
 
 MODES = ('train', 'eval')
 
@@ -82,14 +83,16 @@ class Experiment:
     shardings = layout.state_shardings(shapes, mesh, config)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     batch_sharding = layout.data_sharding(mesh)
+    options = xla_options.compiler_options(config.get('cpu_compiler_options'))
     train_step = jax.jit(
         functools.partial(steps.train_step, task=task, model=model, tx=tx, learning_rate_fn=lr_fn,
                           num_classes=facts.num_classes, grad_accum_steps=config.grad_accum_steps,
                           ema_decay=config.ema_decay, mesh=mesh),
         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, NamedSharding(mesh, P())),
-        donate_argnums=(0,))
+        donate_argnums=(0,), compiler_options=options)
     eval_step = jax.jit(functools.partial(steps.eval_step, task=task, model=model),
-                        in_shardings=(shardings, batch_sharding), out_shardings=NamedSharding(mesh, P()))
+                        in_shardings=(shardings, batch_sharding), out_shardings=NamedSharding(mesh, P()),
+                        compiler_options=options)
     return cls(config=config, task=task, facts=facts, mesh=mesh, model=model, learning_rate_fn=lr_fn, tx=tx,
                steps_per_epoch=per_epoch, num_steps=num_steps, eval_every=max(eval_every, 1),
                abstract_state=abstract, shardings=shardings, train_step=train_step, eval_step=eval_step)

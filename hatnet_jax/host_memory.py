@@ -1,44 +1,36 @@
-"""Host memory of the XLA CPU backend (opt-in): keep freed memory in the process instead of handing it back.
+"""Host memory of the XLA CPU backend: large blocks on transparent huge pages (on by default in main.py).
 
 XLA's CPU runtime allocates the temporaries of each execution as one block (about 4 GB for the hatnet_tiny
-train step at batch 16) with posix_memalign and frees it when the step ends. glibc serves blocks that large
-with mmap and returns them with munmap, so every step page-faults the whole block in again: about a million
-4 KiB faults, 2.2-2.5 s of kernel time per 5 s step on a 2-core machine. `keep_freed_memory()` sets glibc
-(mallopt) to serve every allocation from the main heap (one arena, no mmap) and never to trim it, so the
-block freed by one step is reused by the next without a fault. What is freed is kept for reuse rather than
-returned to the system, which is why it is opt-in (config.cpu_keep_freed_memory): the kept heap also holds
-what the compiler freed (hatnet_small's peak RSS: 10.5 -> 18.7 GB).
+train step at batch 16) and frees it when the step ends. glibc serves a block that large with a fresh mmap
+and returns it with munmap, so every step faults the whole block in again 4 KiB at a time: about a million
+page faults, 2.2-2.5 s of kernel time per 5 s step on a 2-core machine. glibc's tunable
+`glibc.malloc.hugetlb=1` makes malloc advise the kernel to back its mappings with transparent huge pages
+(madvise MADV_HUGEPAGE): 2 MiB per fault, a 512th of the faults, while freed memory still goes back to the
+system, so the peak and resting memory stay those of glibc's default (hatnet_tiny train step: 3.6 s
+instead of 6.0-6.5 s, peak RSS 7.2 GB in both; figures in BENCHMARKS.md).
 
-Kept memory can fragment: a small allocation landing in a freed block, or two programs with blocks of
-different sizes taking turns (train and eval steps), makes the next execution take a new block, and the
-process grows (a benchmark alternating two steps of hatnet_medium grew past 24 GB). `trim()` (malloc_trim)
-hands every free page back; `RssGuard` calls it when the resident memory has grown by more than a quarter
-since its first check. The trainer checks it at every step and trims after each evaluation, so growth is
-bounded and costs one page-faulting step where it happens.
+glibc reads tunables once, when a process starts, so `reexec_with_huge_pages()` starts the program again
+in the same process (execve: same pid, same arguments and interpreter options) with the tunable added to
+GLIBC_TUNABLES; main.py and the benchmarks call it first thing. Elsewhere (a notebook, pytest) start Python
+with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to get the same.
 
-It must run before JAX starts its CPU client (threads pick their malloc arena when they first allocate),
-so main.py and the benchmarks call it first; called later, it does nothing and says why. It applies only
-where the CPU is the backend (JAX_PLATFORMS=cpu, or no accelerator plugin installed): on GPU/TPU hosts the
-device memory is not malloc'd, and a single arena would only serialise the input pipeline's threads.
+It applies where it helps: Linux with glibc 2.35+, the kernel's transparent huge pages in `madvise` mode
+(in `always` every large mapping gets them already; in `never` there are none), and the CPU as the JAX
+backend (on GPU/TPU hosts device memory is not malloc'd).
+
+Tried and not kept: mallopt settings that keep freed memory in the heap (one arena, no mmap, no trim)
+avoid the faults as well, but the kept heap fragments: a train step after an evaluation no longer fit the
+freed block, and hatnet_tiny's resident memory grew from 7.0 to 12.7 GB within three rounds.
 """
-import ctypes
-import ctypes.util
-import functools
 import importlib.metadata
 import importlib.util
 import os
 import sys
 
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_applied = False
+TUNABLE = 'glibc.malloc.hugetlb=1'
+THP_MODE_FILE = '/sys/kernel/mm/transparent_hugepage/enabled'
 _ACCELERATOR_MODULES = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin', 'jax_rocm7_plugin',
                         'libtpu')
-
-
-@functools.lru_cache(maxsize=None)
-def _libc() -> ctypes.CDLL:
-  return ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
 
 
 def _cpu_is_the_backend() -> bool:
@@ -50,58 +42,60 @@ def _cpu_is_the_backend() -> bool:
   return not importlib.metadata.entry_points(group='jax_plugins')
 
 
-def keep_freed_memory() -> tuple[bool, str]:
-  """Applies the glibc settings of the module docstring; (applied, why) for the log."""
-  if not sys.platform.startswith('linux'):
-    return False, 'not Linux (glibc)'
-  if 'jax' in sys.modules:
-    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-    if xla_bridge.backends_are_initialized():
-      return False, 'JAX had already started its backend'
-  if not _cpu_is_the_backend():
-    return False, 'an accelerator backend is installed or selected'
+def _glibc_version() -> tuple[int, ...] | None:
   try:
-    mallopt = _libc().mallopt
-  except (OSError, AttributeError):
-    return False, 'no glibc mallopt'
-  # 0 means failure. Trim threshold -1 is read as the largest size: never trim.
-  ok = all(mallopt(p, v) for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
-  global _applied
-  _applied = ok
-  return ok, 'one malloc arena, no mmap, no trimming' if ok else 'mallopt refused a setting'
+    name, version = os.confstr('CS_GNU_LIBC_VERSION').split()  # 'glibc 2.36'
+  except (ValueError, OSError, AttributeError):
+    return None
+  return tuple(int(p) for p in version.split('.')[:2]) if name == 'glibc' else None
 
 
-def applied() -> bool:
-  """Whether `keep_freed_memory` took effect in this process."""
-  return _applied
+def _thp_mode(path: str = THP_MODE_FILE) -> str:
+  """The kernel's transparent huge page mode: the bracketed word of 'always [madvise] never', or 'absent'."""
+  try:
+    with open(path) as f:
+      words = f.read().split()
+  except OSError:
+    return 'absent'
+  return next((w[1:-1] for w in words if w.startswith('[')), 'absent')
 
 
-def trim() -> None:
-  """Returns all free heap pages to the system (malloc_trim), where `keep_freed_memory` was applied."""
-  if _applied:
-    _libc().malloc_trim(0)
+def in_effect() -> bool:
+  """Whether this process was started with the tunable (glibc read it then)."""
+  return TUNABLE in os.environ.get('GLIBC_TUNABLES', '').split(':')
 
 
-def _rss_bytes() -> int:
-  with open('/proc/self/statm') as f:
-    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+def why_not(thp_mode_file: str = THP_MODE_FILE) -> str | None:
+  """Why the tunable would not help here, or None where it would."""
+  if not sys.platform.startswith('linux'):
+    return 'not Linux'
+  version = _glibc_version()
+  if version is None or version < (2, 35):
+    return 'needs glibc 2.35 or newer'
+  mode = _thp_mode(thp_mode_file)
+  if mode == 'always':
+    return "the kernel gives every large mapping huge pages already (transparent_hugepage 'always')"
+  if mode != 'madvise':
+    return f"the kernel's transparent huge pages are {mode!r}"
+  if not _cpu_is_the_backend():
+    return 'an accelerator backend is installed or selected'
+  return None
 
 
-class RssGuard:
-  """`check()` after each step: trims when the resident memory exceeds (1 + slack) x that of the first check."""
+def reexec_with_huge_pages() -> tuple[bool, str]:
+  """Restarts this program with glibc's huge-page tunable, unless already started so or it would not help.
 
-  def __init__(self, slack: float = 0.25):
-    self.slack, self.base, self.trims = slack, None, 0
-
-  def check(self) -> bool:
-    """Whether it trimmed now. Does nothing unless `keep_freed_memory` was applied."""
-    if not _applied:
-      return False
-    rss = _rss_bytes()
-    if self.base is None:
-      self.base = rss
-    elif rss > (1 + self.slack) * self.base:
-      trim()
-      self.trims += 1
-      return True
-    return False
+  Does not return when it restarts; otherwise (in effect, reason) for the log. Call it before anything
+  worth keeping has happened (it starts over, in the same process).
+  """
+  if in_effect():
+    return True, f'large blocks on transparent huge pages (GLIBC_TUNABLES={TUNABLE})'
+  reason = why_not()
+  if reason is not None:
+    return False, reason
+  env = dict(os.environ)
+  env['GLIBC_TUNABLES'] = ':'.join(t for t in (env.get('GLIBC_TUNABLES', ''), TUNABLE) if t)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, sys.orig_argv, env)
+  raise AssertionError('unreachable: execve returns only by raising')

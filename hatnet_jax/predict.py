@@ -45,7 +45,9 @@ def load(args):
 def make_apply(model):
   """jitted (variables, normalised NHWC images) -> softmax probabilities."""
   import jax  # pylint: disable=g-import-not-at-top
-  return jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False), axis=-1))
+  from hatnet_jax import xla_options  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False), axis=-1),
+                 compiler_options=xla_options.compiler_options())
 
 
 def run_batch(apply, variables, images: np.ndarray, batch_size: int) -> np.ndarray:

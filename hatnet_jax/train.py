@@ -21,7 +21,6 @@ from absl import logging
 from hatnet_jax import checkpoint
 from hatnet_jax import compile_cache
 from hatnet_jax import experiment
-from hatnet_jax import host_memory
 from hatnet_jax import monitor
 from hatnet_jax import preemption
 from hatnet_jax import run_record
@@ -200,7 +199,6 @@ class _Loop:
     self.profile = monitor.create_profile_hook(self.config, workdir)
     self.pending, self.t_interval, self.steps_interval = [], time.time(), 0
     self.last_eval, self.stopped = None, None
-    self.memory_guard = host_memory.RssGuard()
 
   def run(self, state):
     exp = self.exp
@@ -221,7 +219,6 @@ class _Loop:
         self.t_interval, self.steps_interval = time.time(), 0
       if self.profile is not None:
         self.profile(done)
-      self.memory_guard.check()  # kept host memory (CPU) must not grow from step to step
       if done % self.config.log_every_steps == 0 or done == exp.num_steps:
         self._log_train(state, done)
       state = self._checkpoint_and_eval(state, done)
@@ -272,7 +269,6 @@ class _Loop:
       self.record.update(step=done, eval_metrics=_scalars(metrics), best_metric_name=f'eval_{exp.task.best_metric}')
       self.last_eval = (done, task_metrics)
       logging.info('Evaluation at step %d: %s (%.1fs)', done, exp.task.describe(task_metrics), time.time() - t0)
-      host_memory.trim()  # what evaluation left between the training step's freed blocks goes back
       # Keep evaluation (and its checkpoint) out of the training throughput and the ETA.
       self.progress.eval_seconds += time.time() - t0
       self.t_interval += time.time() - t0

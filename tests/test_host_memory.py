@@ -1,4 +1,4 @@
-"""hatnet_jax.host_memory: XLA CPU temporaries are reused without page faults; the guards around it."""
+"""hatnet_jax.host_memory: XLA CPU temporaries faulted in as huge pages; when it restarts and when it does not."""
 import json
 import os
 import subprocess
@@ -6,14 +6,18 @@ import sys
 
 import pytest
 
+from hatnet_jax import host_memory
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Takes 8 gradient steps of a small HAT-Net whose temporaries (~250 MB, far above glibc's mmap threshold) are
-# allocated and freed by XLA at each execution; reports the minor page faults of each step.
+# Restarts itself with the tunable (argv[1] == 'huge') as main.py does, then takes 8 gradient steps of a small
+# HAT-Net whose temporaries (~250 MB, far above glibc's mmap threshold) XLA allocates and frees at each
+# execution; reports the minor page faults of each step and the restarts seen.
 _PROBE = r'''
-import json, resource, sys
+import json, os, resource, sys
 from hatnet_jax import host_memory
-applied = host_memory.keep_freed_memory() if sys.argv[1] == 'keep' else (False, 'off')
+os.environ['PROBE_STARTS'] = str(int(os.environ.get('PROBE_STARTS', '0')) + 1)
+state = host_memory.reexec_with_huge_pages() if sys.argv[1] == 'huge' else (False, 'off')
 import jax, jax.numpy as jnp
 from hatnet_jax import models
 model = models.create('hatnet_tiny', num_classes=10)
@@ -25,50 +29,69 @@ for _ in range(8):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   jax.block_until_ready(step(params, x))
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-host_memory.trim()
-print(json.dumps({'applied': applied, 'faults': faults, 'late': host_memory.keep_freed_memory()}))
+print(json.dumps({'state': state, 'faults': faults, 'starts': int(os.environ['PROBE_STARTS']),
+                  'tunables': os.environ.get('GLIBC_TUNABLES')}))
 '''
 
 
-def _probe(mode):
+def _probe(mode, **env):
   out = subprocess.run([sys.executable, '-c', _PROBE, mode], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='', PYTHONPATH=ROOT))
+                       env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='', PYTHONPATH=ROOT, **env))
   assert out.returncode == 0, out.stderr[-2000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow  # two processes compile a HAT-Net gradient step (~2 min)
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc only')
-def test_freed_temporaries_are_reused_without_page_faults():
-  kept, default = _probe('keep'), _probe('off')
-  assert kept['applied'] == [True, 'one malloc arena, no mmap, no trimming']
+@pytest.mark.skipif(host_memory.why_not() is not None, reason=f'no effect here: {host_memory.why_not()}')
+def test_huge_pages_cut_the_page_faults_of_each_step():
+  env = {'GLIBC_TUNABLES': 'glibc.malloc.check=0'}  # a tunable of the user's own is kept beside ours
+  huge, default = _probe('huge', **env), _probe('off', **env)
+  assert huge['state'] == [True, 'large blocks on transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)']
+  assert huge['starts'] == 2 and default['starts'] == 1  # restarted once, not in a loop
+  assert huge['tunables'] == 'glibc.malloc.check=0:glibc.malloc.hugetlb=1'
   # glibc's default hands the temporaries back after each step: every step faults them in again (~60k 4 KiB
-  # pages here). Kept, the steady state is (nearly) no faults; a step may still take a new block now and then.
+  # pages here). On huge pages each fault brings 2 MiB.
   steady = lambda r: sorted(r['faults'][2:])[len(r['faults'][2:]) // 2]  # median of steps 3-8
   assert steady(default) > 20_000, default
-  assert steady(kept) < steady(default) // 10, (kept, default)
-  # Once JAX has started its backend it is too late (threads have their arenas): it says so and does nothing.
-  assert kept['late'] == [False, 'JAX had already started its backend']
+  assert steady(huge) < steady(default) // 10, (huge, default)
 
 
-def test_not_applied_where_an_accelerator_is_selected(monkeypatch):
-  from hatnet_jax import host_memory
+def _fake_thp(tmp_path, text):
+  path = tmp_path / text.split('[')[1].split(']')[0]
+  path.write_text(text)
+  return str(path)
+
+
+def test_applies_only_where_huge_pages_are_advised_and_the_cpu_is_the_backend(monkeypatch, tmp_path):
+  monkeypatch.setattr(sys, 'platform', 'linux')
+  monkeypatch.setattr(host_memory, '_glibc_version', lambda: (2, 36))
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  madvise = _fake_thp(tmp_path, 'always [madvise] never\n')
+  assert host_memory.why_not(madvise) is None
+  assert 'already' in host_memory.why_not(_fake_thp(tmp_path, '[always] madvise never\n'))
+  assert host_memory.why_not(_fake_thp(tmp_path, 'always madvise [never]\n')) == \
+      "the kernel's transparent huge pages are 'never'"
+  assert host_memory.why_not(str(tmp_path / 'missing')) == "the kernel's transparent huge pages are 'absent'"
   monkeypatch.setenv('JAX_PLATFORMS', 'cuda')
-  monkeypatch.delitem(sys.modules, 'jax', raising=False)  # as in a fresh process: JAX not yet imported
-  assert host_memory.keep_freed_memory() == (False, 'an accelerator backend is installed or selected')
+  assert host_memory.why_not(madvise) == 'an accelerator backend is installed or selected'
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  monkeypatch.setattr(host_memory, '_glibc_version', lambda: (2, 31))
+  assert host_memory.why_not(madvise) == 'needs glibc 2.35 or newer'
 
 
-def test_guard_trims_when_resident_memory_grows_past_the_slack(monkeypatch):
-  from hatnet_jax import host_memory
-  rss, trims = [10_000], []
-  monkeypatch.setattr(host_memory, '_applied', True)
-  monkeypatch.setattr(host_memory, '_rss_bytes', lambda: rss[0])
-  monkeypatch.setattr(host_memory, 'trim', lambda: trims.append(rss[0]))
-  guard = host_memory.RssGuard(slack=0.25)
-  for value in (10_000, 12_000, 12_500, 12_600, 9_000, 20_000):  # the first check sets the base
-    rss[0] = value
-    guard.check()
-  assert trims == [12_600, 20_000] and guard.trims == 2
-  monkeypatch.setattr(host_memory, '_applied', False)  # glibc's default: nothing to guard
-  rss[0] = 10 ** 9
-  assert not host_memory.RssGuard().check() and len(trims) == 2
+def test_restarts_once_with_the_tunable_added(monkeypatch):
+  calls = []
+  monkeypatch.setattr(host_memory, 'why_not', lambda: None)
+  monkeypatch.setattr(os, 'execve', lambda *a: calls.append(a) or (_ for _ in ()).throw(SystemExit(0)))
+  monkeypatch.setattr(sys, 'orig_argv', ['python', '-u', 'main.py', '--workdir=w'])
+  monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.check=0')
+  with pytest.raises(SystemExit):
+    host_memory.reexec_with_huge_pages()
+  (executable, argv, env), = calls
+  assert executable == sys.executable and argv == ['python', '-u', 'main.py', '--workdir=w']
+  assert env['GLIBC_TUNABLES'] == 'glibc.malloc.check=0:glibc.malloc.hugetlb=1'
+  monkeypatch.setenv('GLIBC_TUNABLES', env['GLIBC_TUNABLES'])  # the restarted process: in effect, no restart
+  assert host_memory.reexec_with_huge_pages()[0] and len(calls) == 1
+  monkeypatch.delenv('GLIBC_TUNABLES')
+  monkeypatch.setattr(host_memory, 'why_not', lambda: 'not Linux')  # nothing to gain: no restart
+  assert host_memory.reexec_with_huge_pages() == (False, 'not Linux') and len(calls) == 1
