@@ -458,7 +458,7 @@ def main(argv=None):
   parser.add_argument('--json_out', default='', help='append the JSON line to this file')
   model_speed.add_host_memory_flag(parser)
   args = parser.parse_args(argv)
-  model_speed.apply_host_memory_flag(args)
+  model_speed.apply_host_memory_flag(args, from_command_line=argv is None)
 
   sizes = [int(n) for n in args.matmul_sizes.split(',')]
   r = dict(cpu=_cpu_name(), cpu_count=os.cpu_count(), jax=jax.__version__, backend=jax.default_backend(),

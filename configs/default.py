@@ -111,11 +111,10 @@ def get_config():
   # transparent huge pages in 'madvise' mode, glibc < 2.35).
   c.cpu_huge_pages = True
   # XLA compiler options of the train and eval steps on the CPU backend (ignored on GPU/TPU; a value of ''
-  # drops an option): the memory-optimised scheduler halves the step's peak memory and is no slower, the
-  # fast-compile preset compiles ~15 % faster at the same speed (hatnet_jax.xla_options; BENCHMARKS.md).
+  # drops an option; more may be added, e.g. xla_cpu_opt_preset): the memory-optimised scheduler halves the
+  # step's peak memory and is no slower (hatnet_jax.xla_options; BENCHMARKS.md).
   c.cpu_compiler_options = ml_collections.ConfigDict(dict(
-      xla_cpu_scheduler_type='CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
-      xla_cpu_opt_preset='CPU_OPT_PRESET_FAST_COMPILE'))
+      xla_cpu_scheduler_type='CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'))
   c.profile_start_step = -1  # >= 0: write a profiler trace of profile_num_steps steps from this step
   c.profile_num_steps = 5
   c.log_images_every_steps = 0  # > 0: write a sample of augmented training images (also at the first step)

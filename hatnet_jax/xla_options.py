@@ -1,20 +1,18 @@
 """XLA compiler options of the jitted programs on the CPU backend (`config.cpu_compiler_options`).
 
 Measured on this repository's 2-core CPU machine (BENCHMARKS.md), batch 16 at 224 px:
-- `xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED` orders a program's operations so that fewer
-  buffers are alive at once: train-step peak RSS hatnet_tiny 7.3 -> 4.5 GB, hatnet_medium 20.7 -> 10.8 GB,
-  and the step no slower (medium 16.0 -> 13.9 s: smaller temporaries to fault in and to stream).
-- `xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE`, XLA's fast-compile preset (LLVM at O1, fewer fusion
-  passes): tiny's train step compiles in 24.9 s instead of 28.7 s and runs as fast (most of its time is in
-  YNNPACK's library kernels, which the preset leaves alone); tiny's inference 16.7 -> 23.3 img/s.
+`xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED` orders a program's operations so that fewer
+buffers are alive at once: train-step peak RSS hatnet_tiny 7.3 -> 4.5 GB, hatnet_medium 20.7 -> 10.8 GB,
+and the step no slower (medium 16.0 -> 13.9 s: smaller temporaries to fault in and to stream).
+Tried and left out: XLA's fast-compile preset (`xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE`) shortened
+tiny's compile in one run (28.7 -> 24.9 s) and lengthened it in another (31.2 -> 36.1 s); it leaves
+SiLU's sigmoid and product as separate kernels with a portable exp (at 16x56x56x384 SiLU's forward
+16.5 -> 49.5 ms, its gradient 55.0 -> 23.5 ms): no steady gain.
 On GPU/TPU nothing is passed: these are settings of XLA's CPU compiler.
 """
 import jax
 
-DEFAULT_CPU = {
-    'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
-    'xla_cpu_opt_preset': 'CPU_OPT_PRESET_FAST_COMPILE',
-}
+DEFAULT_CPU = {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
 
 
 def compiler_options(cpu_options=None) -> dict[str, str] | None:

@@ -1,4 +1,5 @@
 """The benchmark scripts run (smallest settings) and print their figures, so they cannot rot."""
+import argparse
 import json
 import os
 import sys
@@ -73,3 +74,13 @@ def test_input_pipeline_compare_timm_without_timm(monkeypatch, capsys):
   assert captured.out == ''
   err = captured.err.strip()
   assert len(err.splitlines()) == 1 and input_pipeline.TIMM_INSTALL in err and 'Traceback' not in err, err
+
+
+def test_called_from_python_the_benchmark_does_not_restart_the_caller(monkeypatch, capsys):
+  # From the command line it restarts itself with glibc's huge-page tunable; from a test or a notebook that
+  # would restart the caller's own process (pytest, from its first test).
+  monkeypatch.setattr(os, 'execve', lambda *a: pytest.fail('the calling process was restarted'))
+  monkeypatch.setattr(model_speed.host_memory, 'why_not', lambda: None)
+  monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
+  model_speed.apply_host_memory_flag(argparse.Namespace(huge_pages=1), from_command_line=False)
+  assert 'not restarted (called from Python' in capsys.readouterr().out

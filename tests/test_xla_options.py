@@ -15,9 +15,12 @@ def test_options_reach_the_compiler_and_empty_ones_are_dropped():
   assert jax.default_backend() == 'cpu'
   assert xla_options.compiler_options() == xla_options.DEFAULT_CPU
   options = xla_options.compiler_options({'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
-                                          'xla_cpu_opt_preset': ''})
+                                          'xla_cpu_opt_preset': ''})  # dropped
   assert options == {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
   assert xla_options.compiler_options({'xla_cpu_opt_preset': None}) is None
+  # more options than the default: passed on as they are
+  options = xla_options.compiler_options({'xla_cpu_opt_preset': 'CPU_OPT_PRESET_FAST_COMPILE'})
+  assert options == {'xla_cpu_opt_preset': 'CPU_OPT_PRESET_FAST_COMPILE'}
 
 
 @pytest.mark.parametrize('options, words', [({'xla_cpu_opt_preset': 'FAST'}, "'FAST' is not a valid enum value"),
