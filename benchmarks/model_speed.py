@@ -53,7 +53,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default as default_config  # noqa: E402
 from configs import seg_default as seg_config  # noqa: E402
-from hatnet_jax import experiment, host_memory, layout, models, optim, tasks, xla_options  # noqa: E402
+from hatnet_jax import experiment, host_memory, layout, models, optim, tasks  # noqa: E402
 
 # Dense bf16 peak TFLOP/s (no sparsity) by device-kind substring, for the default MFU denominator.
 PEAK_BF16_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L4': 121.0, 'TPU v5 lite': 197.0,
@@ -183,7 +183,7 @@ def bare_train_step(exp: experiment.Experiment):
     return (optax.apply_updates(params, updates), opt_state, dict(model_state), rng), loss
 
   jitted = jax.jit(step, in_shardings=(shardings, layout.data_sharding(mesh)), out_shardings=(shardings, replicated),
-                   donate_argnums=(0,), compiler_options=_compiler_options(exp))
+                   donate_argnums=(0,), compiler_options=exp.compiler_options)
 
   def init():
     fresh = exp.init_state()
@@ -191,11 +191,6 @@ def bare_train_step(exp: experiment.Experiment):
     return fresh.params, opt_state, dict(fresh.model_state), fresh.rng
 
   return jitted, init
-
-
-def _compiler_options(exp):
-  """The trainer's XLA options (config.cpu_compiler_options on CPU), for the programs built here."""
-  return xla_options.compiler_options(exp.config.get('cpu_compiler_options'))
 
 
 def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: int) -> dict:
@@ -252,7 +247,7 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
   if 'infer' in args.mode:
     params = exp.init_state().variables()  # {'params', and the model's batch_stats if it has BatchNorm}
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False), out_shardings=data_sharding,
-                    compiler_options=_compiler_options(exp))
+                    compiler_options=exp.compiler_options)
     t = time.perf_counter()
     compiled_infer = infer.lower(params, images).compile()
     result['infer_compile_s'] = time.perf_counter() - t

@@ -61,6 +61,7 @@ class Experiment:
   shardings: Any
   train_step: Callable  # jitted (state, batch) -> (state, metrics); donates the state
   eval_step: Callable  # jitted (state, batch) -> {'': sums, 'ema_': sums}
+  compiler_options: dict | None  # XLA options the steps were jitted with (xla_options; None off CPU)
 
   @classmethod
   def create(cls, config: ml_collections.ConfigDict, *, mesh: Mesh | None = None,
@@ -95,7 +96,8 @@ class Experiment:
                         compiler_options=options)
     return cls(config=config, task=task, facts=facts, mesh=mesh, model=model, learning_rate_fn=lr_fn, tx=tx,
                steps_per_epoch=per_epoch, num_steps=num_steps, eval_every=max(eval_every, 1),
-               abstract_state=abstract, shardings=shardings, train_step=train_step, eval_step=eval_step)
+               abstract_state=abstract, shardings=shardings, train_step=train_step, eval_step=eval_step,
+               compiler_options=options)
 
   def init_state(self, *, require_all: bool = False) -> steps.TrainState:
     """A fresh TrainState laid out on the mesh; params from config.init_from (fresh head) when set.
