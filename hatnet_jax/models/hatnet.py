@@ -5,6 +5,8 @@ Parameter tree (blocks of a stage are scanned, so their parameters carry a leadi
 """
 from typing import Any
 
+import flax
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
@@ -72,22 +74,59 @@ def unrolls(unroll: bool | int, depth: int) -> bool:
 
 
 class Stage(nn.Module):
-  """`depth` identical blocks under one lax.scan, so compile time does not grow with depth."""
+  """`depth` identical blocks, their parameters stacked on a leading `depth` axis (one tree per stage).
+
+  Run as a loop (lax.scan: compile time does not grow with depth) or unrolled (a Python loop: XLA sees
+  every block, each with its own saved activations and static parameter slices).
+
+  The loop carries the next block's vector parameters (norms, biases, depthwise kernels) instead of
+  slicing them from the stacked ones where they are used: XLA fuses such a dynamic slice into the
+  element-wise loops that read the parameter, with an index computation per element (the depthwise pass
+  of hatnet_large's scanned stage 3 ran 4-5x slower per element). Matrices go to matmuls, which take a
+  materialised slice anyway.
+  """
   block: dict  # Block's fields other than `train`
   drop_path_rates: tuple[float, ...]
   remat: bool = False
-  unroll: bool = False  # unrolled, XLA sees every block (its cost analysis counts a loop body only once)
+  unroll: bool = False  # a Python loop; XLA sees every block (its cost analysis counts a loop body only once)
 
   @nn.compact
   def __call__(self, x, train: bool):
-    block_cls = nn.remat(Block, prevent_cse=False) if self.remat else Block
-    axes = {'params': 0}
-    if self.block.get('sow_attention'):
-      axes['intermediates'] = 0  # attention weights, stacked over the blocks
-    blocks = nn.scan(block_cls, variable_axes=axes, split_rngs={'params': True, 'dropout': True},
-                     in_axes=0, length=len(self.drop_path_rates),
-                     unroll=len(self.drop_path_rates) if self.unroll else 1)
-    x, _ = blocks(train=train, name='blocks', **self.block)(x, jnp.asarray(self.drop_path_rates, jnp.float32))
+    depth = len(self.drop_path_rates)
+    rates = jnp.asarray(self.drop_path_rates, jnp.float32)
+    if self.block.get('sow_attention') or self.is_initializing():
+      # Initialisation goes through Flax's scan (the stacked parameter tree); so do attention maps, whose
+      # weights it stacks in 'intermediates'.
+      block_cls = nn.remat(Block, prevent_cse=False) if self.remat else Block
+      axes = {'params': 0, 'intermediates': 0}
+      blocks = nn.scan(block_cls, variable_axes=axes, split_rngs={'params': True, 'dropout': True},
+                       in_axes=0, length=depth)(train=train, name='blocks', **self.block)
+      return blocks(x, rates)[0]
+    params = flax.traverse_util.flatten_dict(self.variables['params']['blocks'])
+    keys = None
+    if train and self.has_rng('dropout'):
+      keys = jax.random.split(self.make_rng('dropout'), depth)
+    block = Block(train=train, **self.block)
+
+    def apply(p, x, rate, key):
+      rngs = {'dropout': key} if key is not None else {}
+      return block.apply({'params': flax.traverse_util.unflatten_dict(p)}, x, rate, rngs=rngs)[0]
+    if self.remat:
+      apply = jax.checkpoint(apply, prevent_cse=False)
+    if self.unroll:
+      for i in range(depth):
+        x = apply({k: v[i] for k, v in params.items()}, x, rates[i], None if keys is None else keys[i])
+      return x
+    carried = {k for k, v in params.items() if v.ndim != 3}  # not a stack of matrices
+    first = {k: params[k][0] for k in carried}
+    following = {k: jnp.roll(params[k], -1, axis=0) for k in carried}  # step i gets block i+1's
+    sliced = {k: v for k, v in params.items() if k not in carried}
+
+    def body(carry, step):
+      x, current = carry
+      p, nxt, rate, key = step
+      return (apply({**p, **current}, x, rate, key), nxt), None
+    (x, _), _ = jax.lax.scan(body, (x, first), (sliced, following, rates, keys))
     return x
 
 
