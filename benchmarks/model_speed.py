@@ -24,8 +24,9 @@ time / bare step time (1.10 = the trainer's step takes 10 % longer than the bare
 
 Peak memory: the JAX figure is the device's peak on GPU/TPU and this process's peak RSS on CPU. With
 --compare_torch the PyTorch reference (benchmarks/torch_reference.py, the HAT-Net of tests/torch_hatnet.py,
-same model, batch and image size) runs in a subprocess of its own, so `torch_peak_memory_bytes` is that
-process's own peak RSS (on CUDA: torch's peak allocated device memory).
+same model, batch and image size) runs in a subprocess of its own, before and after the JAX measurement
+(its images/s: the mean of the two runs, both kept); `torch_peak_memory_bytes` is that process's own
+peak RSS (on CUDA: torch's peak allocated device memory).
 
 CPU settings: as main.py, the benchmark first restarts with glibc's huge-page tunable (hatnet_jax.host_memory;
 --huge_pages=0 keeps glibc's default), and the JAX programs are compiled with the trainer's
@@ -281,6 +282,21 @@ def bench_torch(args, dtype: str, per_device: int) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def bracket_torch(before: dict, after: dict) -> dict:
+  """The PyTorch reference run before and after the JAX measurement, combined: images/s the mean of the two
+  runs (each kept as `torch_{kind}_images_per_s_runs`), peak memory the larger. A shared machine's speed
+  drifts over minutes; bracketing puts both runs' conditions around the JAX one."""
+  out = dict(after)
+  for kind in ('train', 'infer'):
+    key = f'torch_{kind}_images_per_s'
+    if key in before and key in after:
+      out[key] = (before[key] + after[key]) / 2
+      out[key + '_runs'] = [before[key], after[key]]
+  if before.get('torch_peak_memory_bytes') is not None and after.get('torch_peak_memory_bytes') is not None:
+    out['torch_peak_memory_bytes'] = max(before['torch_peak_memory_bytes'], after['torch_peak_memory_bytes'])
+  return out
+
+
 def find_max_batch(args, dtype, remat, attention_impl) -> int:
   """Largest per-device batch (powers of two, then bisection) whose train step runs without OOM."""
   def fits(b):
@@ -387,11 +403,14 @@ def main(argv=None):
       batches = [find_max_batch(args, dtype, remat, impl)]
       print(f'largest per-device batch for {args.model} {dtype} remat={remat}: {batches[0]}', flush=True)
     for b in batches:
+      torch_before = None
+      if args.compare_torch and not _segmentation(args):  # the PyTorch reference is the classifier
+        torch_before = bench_torch(args, dtype, int(b))
       row = bench_jax(args, dtype, remat, impl, int(b))
       if args.find_max_batch:
         row['max_batch'] = True
-      if args.compare_torch and not _segmentation(args):  # the PyTorch reference is the classifier
-        row.update(bench_torch(args, dtype, int(b)))
+      if torch_before is not None:
+        row.update(bracket_torch(torch_before, bench_torch(args, dtype, int(b))))
         for kind in ('train', 'infer'):
           if f'torch_{kind}_images_per_s' in row and f'{kind}_images_per_s' in row:
             per_device = row[f'{kind}_images_per_s'] / row['num_devices']

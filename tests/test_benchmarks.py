@@ -11,7 +11,7 @@ import input_pipeline  # noqa: E402
 import model_speed  # noqa: E402
 
 
-@pytest.mark.slow  # compilations of the trainer's and the bare step, the PyTorch reference: ~2-4 min here
+@pytest.mark.slow  # compilations of the trainer's and the bare step, the PyTorch reference twice: ~2-4 min here
 def test_model_speed_smallest_setting(capsys, tmp_path):
   pytest.importorskip('torch', reason='--compare_torch needs torch (pip install -r requirements.txt)')
   out = tmp_path / 'rows.jsonl'
@@ -28,6 +28,9 @@ def test_model_speed_smallest_setting(capsys, tmp_path):
               'bare_train_images_per_s', 'bare_train_compile_s', 'full_over_bare_step_time',
               'torch_peak_memory_bytes'):
     assert row[key] > 0, key
+  # PyTorch ran before and after the JAX measurement; its figure is the mean of the two runs
+  runs = row['torch_train_images_per_s_runs']
+  assert len(runs) == 2 and row['torch_train_images_per_s'] == pytest.approx(sum(runs) / 2)
   # a train step costs about 3 forward passes
   assert 2.0 < row['train_gflops_per_image'] / row['infer_gflops_per_image'] < 4.0
   assert '| float32 | 1 |' in printed and 'x PyTorch' in printed
@@ -85,3 +88,14 @@ def test_called_from_python_the_benchmark_does_not_restart_the_caller(monkeypatc
   monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
   model_speed.apply_host_memory_flag(argparse.Namespace(huge_pages=1), from_command_line=False)
   assert 'not restarted (called from Python' in capsys.readouterr().out
+
+
+def test_bracketed_torch_figures_are_the_mean_of_both_runs_and_the_larger_peak():
+  before = {'torch_train_images_per_s': 4.0, 'torch_infer_images_per_s': 20.0, 'torch_peak_memory_bytes': 7,
+            'torch': '2.x'}
+  after = {'torch_train_images_per_s': 6.0, 'torch_infer_images_per_s': 10.0, 'torch_peak_memory_bytes': 5,
+           'torch': '2.x'}
+  row = model_speed.bracket_torch(before, after)
+  assert row['torch_train_images_per_s'] == 5.0 and row['torch_train_images_per_s_runs'] == [4.0, 6.0]
+  assert row['torch_infer_images_per_s'] == 15.0 and row['torch_peak_memory_bytes'] == 7
+  assert row['torch'] == '2.x'
