@@ -106,11 +106,12 @@ class Stage(nn.Module):
     keys = None
     if train and self.has_rng('dropout'):
       keys = jax.random.split(self.make_rng('dropout'), depth)
-    block = Block(train=train, **self.block)
+    block = Block(train=train, parent=None, **self.block)  # applied as a function of each block's slice
 
     def apply(p, x, rate, key):
       rngs = {'dropout': key} if key is not None else {}
-      return block.apply({'params': flax.traverse_util.unflatten_dict(p)}, x, rate, rngs=rngs)[0]
+      with jax.named_scope('blocks'):  # profiles name the ops stageN/blocks/... as the parameter tree does
+        return block.apply({'params': flax.traverse_util.unflatten_dict(p)}, x, rate, rngs=rngs)[0]
     if self.remat:
       apply = jax.checkpoint(apply, prevent_cse=False)
     if self.unroll:
