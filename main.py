@@ -48,6 +48,9 @@ def _parse_flags(argv):
     hint = f'\nDid you mean --config.{parent + "." if parent else ""}{close.group(1)}?' if close else ''
     _exit(2, f'Error: {override}: the config has no field {field!r}{" in " + parent if parent else ""}; check '
              f'the spelling against the config file (unknown fields are rejected).{hint}')
+  except flags.IllegalFlagValueError as e:  # e.g. --config.model.unroll=True: the field holds an int
+    _exit(2, f'Error: {e}. A --config.FIELD value is parsed as the type of the field\'s value in the config '
+             f'file; give one of that type.')
 
 
 class _DropLibraryInfo(logging_lib.Filter):

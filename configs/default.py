@@ -25,8 +25,9 @@ def get_config():
   c.model.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16' (norms, softmax, logits stay float32)
   c.model.param_dtype = 'float32'
   c.model.remat = False  # rematerialise each block in the backward pass (saves memory at large batch)
-  # Stages of at most this many blocks are unrolled (True: all, 0 or False: none): faster steps (no stacked
-  # per-block activations; tiny's CPU train step 2.9 -> 3.5 img/s) for longer compiles and more memory.
+  # Stages of at most this many blocks are unrolled (0: none; --config.model.unroll=27 unrolls every stage
+  # of every variant; a config file may also say True/False): faster steps (no stacked per-block
+  # activations; tiny's CPU train step 2.9 -> 3.5 img/s) for longer compiles and more memory.
   # 8 unrolls all of tiny/small and stages 1, 2, 4 of medium/large, whose 18/27-block stage 3 stays one
   # loop (large's train step compiles in ~31 s so, ~90 s fully unrolled, here).
   c.model.unroll = 8

@@ -85,6 +85,18 @@ def test_a_misspelt_field_gets_one_paragraph_with_the_suggestion(tmp_path):
       'Did you mean --config.batch_size?']
 
 
+def test_a_value_of_the_wrong_type_gets_one_paragraph(tmp_path):
+  cmd = [sys.executable, os.path.join(REPO, 'main.py'), f'--config={REPO}/configs/digits.py',
+         f'--workdir={tmp_path}', '--config.model.unroll=True']  # an int field: unroll stages of <= N blocks
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines() == [
+      "Error: flag --config.model.unroll=True: invalid literal for int() with base 10: 'True'. A --config.FIELD "
+      "value is parsed as the type of the field's value in the config file; give one of that type."]
+  assert not os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize('name', sorted(VARIANTS))
 def test_segmentation_configs_follow_the_pvt_mmseg_recipe(name):
   c = load_config(os.path.join(REPO, 'configs', f'seg_fpn_{name}.py'))
