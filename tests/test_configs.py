@@ -63,21 +63,23 @@ def test_variant_configs_follow_the_pvt_recipe(name):
   assert (c.eval_every_epochs, c.eval_every_steps) == (1, None)
 
 
-def test_main_rejects_unknown_config_keys(tmp_path):
+def _main_with(tmp_path, *overrides):
+  """main.py on the digits config with these --config.* overrides (expected to stop at flag parsing)."""
   cmd = [sys.executable, os.path.join(REPO, 'main.py'), f'--config={REPO}/configs/digits.py',
-         f'--workdir={tmp_path}', '--config.no_such_field=1']
-  out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120,
-                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+         f'--workdir={tmp_path}', *overrides]
+  return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def test_main_rejects_unknown_config_keys(tmp_path):
+  out = _main_with(tmp_path, '--config.no_such_field=1')
   assert out.returncode == 2
   assert 'no_such_field' in out.stderr and 'Traceback' not in out.stderr
   assert not os.listdir(tmp_path)  # nothing was started
 
 
 def test_a_misspelt_field_gets_one_paragraph_with_the_suggestion(tmp_path):
-  cmd = [sys.executable, os.path.join(REPO, 'main.py'), f'--config={REPO}/configs/digits.py',
-         f'--workdir={tmp_path}', '--config.batch_sise=8', '--config.model.drop_pth_rate=0.2']
-  out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120,
-                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  out = _main_with(tmp_path, '--config.batch_sise=8', '--config.model.drop_pth_rate=0.2')
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [
       "Error: --config.batch_sise: the config has no field 'batch_sise'; check the spelling against the config "
@@ -86,10 +88,7 @@ def test_a_misspelt_field_gets_one_paragraph_with_the_suggestion(tmp_path):
 
 
 def test_a_value_of_the_wrong_type_gets_one_paragraph(tmp_path):
-  cmd = [sys.executable, os.path.join(REPO, 'main.py'), f'--config={REPO}/configs/digits.py',
-         f'--workdir={tmp_path}', '--config.model.unroll=True']  # an int field: unroll stages of <= N blocks
-  out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120,
-                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  out = _main_with(tmp_path, '--config.model.unroll=True')  # an int field: unroll stages of <= N blocks
   assert out.returncode == 2 and 'Traceback' not in out.stderr
   assert out.stderr.strip().splitlines() == [
       "Error: flag --config.model.unroll=True: invalid literal for int() with base 10: 'True'. A --config.FIELD "
