@@ -8,15 +8,20 @@ Prints, for the host (tf.data) part of the training and the evaluation pipelines
     to other load on the machine;
   * images per wall-second with 1 thread and with all cores.
 The training figure covers what the host does per image (read record, JPEG decode fused with the
-RandomResizedCrop, antialiased bicubic resize to uint8); flip/RandAugment/normalise/erasing and
-Mixup/CutMix run on the accelerator and are timed separately (on whatever JAX backend is present).
+RandomResizedCrop, the window padded into the batch's canvas: `config.data.device_resize`, 512 by
+default), on the plain pipeline a run uses until its first undecodable image; the antialiased bicubic
+resize, flip/RandAugment/normalise/erasing and Mixup/CutMix run on the accelerator and are timed
+separately (on whatever JAX backend is present). Two more training figures: the replacing pipeline a run
+switches to at its first undecodable image, and the resize on the host (device_resize=0, the pipeline
+before 2026-11-29's fifth session).
 Sources: 'array_record' (a TFDS dataset prepared like imagenet2012: random access through
 tfds.data_source, lookups in a Python call per chunk) and 'files' (an image folder).
 Multiply the per-core figure by the host cores per accelerator to see whether they can feed it.
 
 --compare_timm also times timm's DeiT training transform (PIL decode, RandomResizedCrop, flip,
 RandAugment m9, ToTensor + normalise, random erasing) over the same JPEGs, in this process with one
-thread, and prints CPU time per image for it and for our host part, and the ratio. It needs timm and a
+thread, before and after our measurements (the mean counts: the machine's speed drifts), and prints CPU
+time per image for it and for our host part, and the ratio. It needs timm and a
 torchvision that imports with the installed torch; neither is a requirement of the project:
     python -m pip install --no-deps timm==1.0.31 torchvision==0.16.2
 (with the CPU torch 2.13 wheel, 0.16.2 is the newest torchvision from PyPI that imports: the newer PyPI
@@ -78,6 +83,7 @@ def measure(ds, seconds, batch):
   return n / cpu, n / wall
 
 
+HOST_RESIZE = 'train, resized on the host (device_resize=0)'
 TIMM_INSTALL = 'python -m pip install --no-deps timm==1.0.31 torchvision==0.16.2'
 
 
@@ -133,12 +139,14 @@ def main(argv=None):
         f'tensorflow {tf.__version__}')
   tmp = tempfile.mkdtemp(prefix='hatnet_bench_')
   try:
-    _run(args, jpegs, tmp, cores)
+    timm_run = _timm_runner(jpegs, args) if args.compare_timm else None
+    timm_before = timm_run() if timm_run else None
+    _run(args, jpegs, tmp, cores, timm_run, timm_before)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(args, jpegs, tmp, cores):
+def _run(args, jpegs, tmp, cores, timm_run=None, timm_before=None):
   from configs import default  # pylint: disable=g-import-not-at-top
   from hatnet_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
   d = default.get_config().data
@@ -163,7 +171,7 @@ def _run(args, jpegs, tmp, cores):
     for threads in sorted({1, cores}):
       for label, make in (
           ('train', lambda: pipeline.train_dataset(train_src, d, 0, args.batch, 0, args.batch,
-                                                   threads=threads)),
+                                                   threads=threads, robust=False)),
           ('eval', lambda: pipeline.eval_dataset(
               _repeat(eval_src, 1000), d, args.batch, 0, args.batch, threads=threads))):
         per_cpu, per_wall = measure(make(), args.seconds, args.batch)
@@ -171,18 +179,18 @@ def _run(args, jpegs, tmp, cores):
         print(f'  {kind:12s} {label:5s} threads={threads:2d}: {per_cpu:7.0f} img per CPU-second, '
               f'{per_wall:7.0f} img/s wall', flush=True)
     if kind == 'array_record':
-      # Cost of the corrupt-image replacement machinery (per core).
+      # The pipeline a run switches to at its first undecodable image (per core).
       per_cpu, per_wall = measure(pipeline.train_dataset(train_src, d, 0, args.batch, 0, args.batch,
-                                                         threads=1, robust=False), args.seconds,
+                                                         threads=1, robust=True), args.seconds,
                                   args.batch)
-      print(f'  {kind:12s} train without corrupt-image replacement, threads=1: {per_cpu:7.0f} img per '
-            f'CPU-second', flush=True)
-      d.antialias = False
+      print(f'  {kind:12s} train replacing undecodable images (what a run switches to at the first), '
+            f'threads=1: {per_cpu:7.0f} img per CPU-second', flush=True)
       per_cpu, _ = measure(pipeline.train_dataset(train_src, d, 0, args.batch, 0, args.batch,
-                                                  threads=1), args.seconds, args.batch)
-      d.antialias = True
-      print(f'  {kind:12s} train with antialias=False, threads=1: {per_cpu:7.0f} img per CPU-second',
-            flush=True)
+                                                  threads=1, canvas=0, robust=False), args.seconds,
+                           args.batch)
+      rows.append((kind, HOST_RESIZE, 1, per_cpu, None))
+      print(f'  {kind:12s} train resized on the host (device_resize=0), threads=1: {per_cpu:7.0f} img per '
+            f'CPU-second', flush=True)
 
   if args.compare_pil:
     for label, fn in (('train', _pil_train), ('eval', _pil_eval)):
@@ -206,17 +214,22 @@ def _run(args, jpegs, tmp, cores):
     # Ours: the host part of the training pipeline with 1 thread, the ImageNet source if it was measured.
     ours = [r for r in rows if r[1] == 'train' and r[2] == 1 and r[0] != 'PIL']
     ours = next((r for r in ours if r[0] == 'array_record'), ours[0] if ours else None)
-    _compare_timm(jpegs, args, ours)
+    host_resize = next((r for r in rows if r[1] == HOST_RESIZE), None)
+    _compare_timm(jpegs, args, ours, host_resize, d.device_resize, timm_run, timm_before)
 
   if not args.skip_device:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from hatnet_jax.data import augment, mixup  # pylint: disable=g-import-not-at-top
     cfg = augment.AugmentConfig.from_data_config(d)
-    b = args.batch
-    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (b, args.image_size, args.image_size, 3)),
-                    jnp.uint8)
-    aug = jax.jit(lambda x, s: augment.augment_batch(x, 0, s, cfg))
+    b, canvas = args.batch, int(d.device_resize)
+    # Canvases holding the windows of the generated JPEGs' crops (sizes drawn as RandomResizedCrop does).
+    x = np.zeros((b, canvas, canvas, 3), np.uint8)
+    extents = np.array([_crop_box(np.random.default_rng(i), 375, 500)[2:] for i in range(b)], np.int32)
+    for i, (h, w) in enumerate(extents):
+      x[i, :h, :w] = np.random.default_rng(i).integers(0, 256, (h, w, 3))
+    x, extents = jnp.asarray(x), jnp.asarray(extents)
+    aug = jax.jit(lambda x, s: augment.augment_batch(x, 0, s, cfg, extents))
     mix = jax.jit(lambda k, x, y: mixup.mix_batch(k, x, y, num_classes=1000))
     t = time.time()
     out = aug(x, 0).block_until_ready()
@@ -237,9 +250,9 @@ def _run(args, jpegs, tmp, cores):
     r[0].block_until_ready()
     mix_rate, mix_cpu = n * b / (time.time() - t), (time.process_time() - c) / (n * b)
     platform = jax.devices()[0].platform
-    print(f'\nOn-device part on {platform} ({jax.device_count()} device(s)): flip + '
-          f'RandAugment + normalise + erasing {aug_rate:.0f} img/s (compile {compile_s:.0f}s), '
-          f'Mixup/CutMix {mix_rate:.0f} img/s')
+    print(f'\nOn-device part on {platform} ({jax.device_count()} device(s)): resize from {canvas}x{canvas} '
+          f'canvases + flip + RandAugment + normalise + erasing {aug_rate:.0f} img/s (compile '
+          f'{compile_s:.0f}s), Mixup/CutMix {mix_rate:.0f} img/s')
     # Per image (batch {b}): wall time is what a train step on the same backend waits for; CPU time sums
     # the backend's threads (on a GPU/TPU it is the host's dispatch work only).
     dev_ms = 1e3 / aug_rate + 1e3 / mix_rate
@@ -251,12 +264,24 @@ def _run(args, jpegs, tmp, cores):
             f'{args.train_step_ms_per_image:g} ms per image (--train_step_ms_per_image, same backend)')
 
 
-def _compare_timm(jpegs, args, ours):
-  """timm's DeiT training transform over the same JPEGs, one thread, in this process, against `ours`."""
+def _crop_box(rng, height, width):
+  """(top, left, h, w) of a RandomResizedCrop window of a height x width image (timm's sampling, 10
+  tries, then the whole image)."""
+  import math  # pylint: disable=g-import-not-at-top
+  for _ in range(10):
+    area = rng.uniform(0.08, 1.0) * height * width
+    ar = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    cw, ch = int(round(math.sqrt(area * ar))), int(round(math.sqrt(area / ar)))
+    if cw <= width and ch <= height:
+      return int(rng.integers(0, height - ch + 1)), int(rng.integers(0, width - cw + 1)), ch, cw
+  return 0, 0, height, width
+
+
+def _timm_runner(jpegs, args):
+  """timm's DeiT training transform over the JPEGs, one thread: returns `run() -> (CPU s, wall s, n)` per
+  image over --seconds (and `run.shimmed`: see `_posterize_zero_bits`), called before and after our measurements (the machine's speed drifts)."""
   import random  # pylint: disable=g-import-not-at-top
-  timm, torch, torchvision, Image = import_timm()
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from hatnet_jax.data import transforms  # pylint: disable=g-import-not-at-top
+  timm, torch, _, Image = import_timm()
   torch.set_num_threads(1)
   shimmed = _posterize_zero_bits(timm)
   random.seed(0)
@@ -271,11 +296,27 @@ def _compare_timm(jpegs, args, ours):
     return transform(Image.open(io.BytesIO(jpeg)).convert('RGB'))
 
   assert tuple(one(jpegs[0]).shape) == (3, args.image_size, args.image_size)  # warm up
-  n, c0, w0 = 0, time.process_time(), time.time()
-  while time.time() - w0 < args.seconds:
-    one(jpegs[n % len(jpegs)])
-    n += 1
-  timm_cpu, timm_wall = (time.process_time() - c0) / n, (time.time() - w0) / n
+
+  def run():
+    n, c0, w0 = 0, time.process_time(), time.time()
+    while time.time() - w0 < args.seconds:
+      one(jpegs[n % len(jpegs)])
+      n += 1
+    return (time.process_time() - c0) / n, (time.time() - w0) / n, n
+
+  run.shimmed = shimmed
+  return run
+
+
+def _compare_timm(jpegs, args, ours, host_resize, canvas, timm_run, timm_before):
+  """Prints timm's cost per image (mean of the runs before and after ours) against `ours`."""
+  timm, torch, torchvision, Image = import_timm()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data import transforms  # pylint: disable=g-import-not-at-top
+  timm_after = timm_run()
+  timm_cpu, timm_wall = (timm_before[0] + timm_after[0]) / 2, (timm_before[1] + timm_after[1]) / 2
+  n = timm_before[2] + timm_after[2]
+  shimmed = timm_run.shimmed
   # Same decoder accuracy: PIL's pixels against TF's decode with the pipeline's DCT method.
   first = jpegs[0]
   diff = np.abs(np.asarray(Image.open(io.BytesIO(first)).convert('RGB'), np.int16) -
@@ -291,16 +332,22 @@ def _compare_timm(jpegs, args, ours):
     print('  (Posterize with 0 bits, drawn at magnitude 10, gives the all-zero image as older Pillow did, '
           'and as ours: this Pillow raises there)')
   print(f'  timm : {1e3 * timm_cpu:6.2f} ms/image, {1 / timm_cpu:6.0f} img per CPU-second '
-        f'({1e3 * timm_wall:.2f} ms wall)')
+        f'({1e3 * timm_wall:.2f} ms wall; before / after ours: {1e3 * timm_before[0]:.2f} / '
+        f'{1e3 * timm_after[0]:.2f} CPU-ms)')
   if ours is None:
     print('  ours : not measured (no training source in --sources)')
     return
   kind, _, _, per_cpu, _ = ours
   print(f'  ours : {1e3 / per_cpu:6.2f} ms/image, {per_cpu:6.0f} img per CPU-second (host part: {kind} '
-        f'train, threads=1, TF decode {transforms.DCT_METHOD} fused with RandomResizedCrop, antialiased '
-        f'bicubic resize to uint8)')
-  print(f'  ratio timm / ours: {timm_cpu * per_cpu:.2f}x CPU per image (target >= 2x); ours leaves flip, '
-        f'RandAugment, normalise, erasing and Mixup/CutMix to the device (timed below unless --skip_device)')
+        f'train, threads=1, TF decode {transforms.DCT_METHOD} fused with RandomResizedCrop, the window '
+        f'padded into a {canvas}x{canvas} canvas: device_resize={canvas})')
+  print(f'  ratio timm / ours: {timm_cpu * per_cpu:.2f}x CPU per image (target >= 2x); ours leaves the '
+        f'resize, flip, RandAugment, normalise, erasing and Mixup/CutMix to the device (timed below unless '
+        f'--skip_device)')
+  if host_resize is not None:
+    per_cpu = host_resize[3]
+    print(f'  ours, resized on the host (device_resize=0, antialiased bicubic to uint8): '
+          f'{1e3 / per_cpu:6.2f} ms/image, ratio {timm_cpu * per_cpu:.2f}x')
   print(f'  decoders: max |PIL - tf.io.decode_jpeg({transforms.DCT_METHOD})| on the first image = {diff} '
         f'levels', flush=True)
 
@@ -332,19 +379,10 @@ def _posterize_zero_bits(timm):
 def _pil_train(jpeg, size, rnd):
   """Reference: the same host work with PIL (what a Python/grain pipeline would run per image):
   full decode, RandomResizedCrop window, bicubic resize (PIL antialiases), to a uint8 array."""
-  import math  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   im = Image.open(io.BytesIO(jpeg)).convert('RGB')
   w, h = im.size
-  for _ in range(10):
-    area = rnd.uniform(0.08, 1.0) * w * h
-    ar = math.exp(rnd.uniform(math.log(3 / 4), math.log(4 / 3)))
-    cw, ch = int(round(math.sqrt(area * ar))), int(round(math.sqrt(area / ar)))
-    if cw <= w and ch <= h:
-      top, left = int(rnd.integers(0, h - ch + 1)), int(rnd.integers(0, w - cw + 1))
-      break
-  else:
-    top, left, ch, cw = 0, 0, h, w
+  top, left, ch, cw = _crop_box(rnd, h, w)
   return np.asarray(im.resize((size, size), Image.BICUBIC, box=(left, top, left + cw, top + ch)))
 
 

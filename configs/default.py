@@ -54,7 +54,12 @@ def get_config():
   c.data.image_size = 224
   c.data.eval_crop_ratio = 0.875  # eval: resize shorter side to image_size / ratio, center crop
   c.data.interpolation = 'bicubic'  # resizes and RandAugment's geometric ops
-  c.data.antialias = True  # PIL-like antialiased resizes (False: ~2x faster host decode, aliasing)
+  c.data.antialias = True  # PIL-like antialiased resizes (False: aliasing)
+  # RandomResizedCrop windows up to this side travel unresized (zero-padded to a C x C uint8 canvas) and
+  # are resized on the device (hatnet_jax/data/crop_resize.py): the host only reads and decodes. Larger
+  # windows are resized on the host. 512 holds ImageNet's typical 500x375 photos; datasets of one fixed
+  # image size (cifar10, digits) use a canvas of that size. 0: resize on the host.
+  c.data.device_resize = 512
   c.data.mean = (0.485, 0.456, 0.406)  # ImageNet mean/std on [0, 1] pixels
   c.data.std = (0.229, 0.224, 0.225)
   c.data.crop_scale = (0.08, 1.0)  # RandomResizedCrop
@@ -68,7 +73,7 @@ def get_config():
   c.data.prefetch = 2  # batches prefetched onto the devices
   c.data.threads = 0  # tf.data threads per process (0: one per host CPU core)
   c.data.cache = False  # keep the encoded images in host memory (small datasets, e.g. digits)
-  c.data.skip_corrupt = True  # replace (and count) undecodable training images; False: ~10% faster host
+  c.data.skip_corrupt = True  # replace (and count) undecodable training images; False: stop at the first
   c.data.allow_empty_classes = False  # image_folder: an empty class directory is an error unless True
 
   # ---- Optimisation (hatnet_jax.train) ----

@@ -29,6 +29,7 @@ def make_config(**data_overrides):
   c.data.image_size = SIZE
   c.data.prefetch = 1
   c.data.threads = 2
+  c.data.device_resize = 48  # the test images (<= 40 pixels) travel unresized; small canvases, fast
   for k, v in data_overrides.items():
     setattr(c.data, k, v)
   return c
@@ -114,6 +115,7 @@ def test_digits_train_and_eval_batches(digits_config, mesh):
   assert np.all(np.isfinite(x)) and np.abs(x).max() < 8  # normalised (+ N(0,1) erased boxes)
   assert set(np.asarray(b['label']).tolist()) <= set(range(10))
   assert it.num_skipped == 0 and it.step == 1 and it.get_state() == {'step': 1}
+  assert not it.replacing  # clean data: the plain pipeline
 
   batches = list(data.create_eval_iterator(c, mesh))
   assert len(batches) == math.ceil(355 / BATCH)
@@ -152,6 +154,26 @@ def test_fake_imagenet_prepared_from_manual_dir(imagenet_config, mesh):
   assert sorted(got.tolist()) == want
   b = next(data.create_train_iterator(c, mesh))  # JPEG source: fused decode-and-crop path
   assert set(np.asarray(b['label']).tolist()) <= {names.str2int(s) for s in SYNSETS}
+
+
+def test_device_resize_gives_the_host_resize_batches(imagenet_config, mesh):
+  c = make_config(**{k: imagenet_config.data[k] for k in ('dataset', 'manual_dir', 'data_dir')},
+                  randaugment='', erase_prob=0.0)
+  src = sources.open_split(c.data, 'train')
+  assert pipeline.train_canvas(c.data) == 48  # image sizes vary: the configured canvas
+  assert pipeline.train_canvas(c.data, (32, 32, 1)) == 32 == pipeline.train_canvas(c.data, (8, 8, 3)) + 16
+  host = next(iter(pipeline.train_dataset(src, c.data, 0, BATCH, 0, BATCH, threads=1)))
+  assert host['image'].shape == (BATCH, 48, 48, 3) and host['extent'].shape == (BATCH, 2)
+  for img, (h, w) in zip(host['image'].numpy(), host['extent'].numpy()):
+    assert 0 < h <= 30 and 0 < w <= 40 and not img[h:].any() and not img[:, w:].any()
+  on_device = take(data.create_train_iterator(c, mesh), 2)
+  c.data.device_resize = 0
+  on_host = take(data.create_train_iterator(c, mesh), 2)
+  for a, b in zip(on_device, on_host):
+    np.testing.assert_array_equal(a['label'], b['label'])
+    # One level of rounding (1 / 255 / std) at most, on few pixels.
+    diff = np.abs(a['image'] - b['image'])
+    assert diff.max() <= 1 / 255 / min(c.data.std) + 1e-5 and np.mean(diff > 1e-5) < 0.01
 
 
 def test_imagenet_missing_files_error_names_files_and_command(tmp_path):
@@ -269,6 +291,10 @@ def test_corrupt_training_images_are_replaced_and_counted(folder, mesh):
   with caplog_at_warning() as records:
     take(it, steps)
   assert it.num_skipped == int(skipped.sum()) >= hit.sum()
+  assert it.replacing  # switched to the replacing pipeline at the first batch with a corrupt image
+  strict = make_config(dataset='image_folder', manual_dir=folder, skip_corrupt=False)
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    take(data.create_train_iterator(strict, mesh), steps)
   named = ' '.join(r.getMessage() for r in records if 'undecodable training image' in r.getMessage())
   assert 'bad_0.jpg' in named or 'bad_1.jpg' in named  # replaced images are named in the log
   # Evaluation never skips silently, and names the file and the split.

@@ -97,12 +97,31 @@ def test_resize_matches_pil_bicubic():
 def test_train_crop_output_and_determinism():
   d = default.get_config().data
   d.image_size = 24
-  crop = transforms.TrainCrop(d)
+  crop = transforms.TrainCrop(d, canvas=0)
   jpeg = tf.constant(testing.make_jpeg(np.random.default_rng(2), 60, 45))
-  a, b, c = crop(jpeg, _seed(1)), crop(jpeg, _seed(1)), crop(jpeg, _seed(2))
-  assert a.shape == (24, 24, 3) and a.dtype == tf.uint8
+  (a, extent), (b, _), (c, _) = crop(jpeg, _seed(1)), crop(jpeg, _seed(1)), crop(jpeg, _seed(2))
+  assert a.shape == (24, 24, 3) and a.dtype == tf.uint8 and extent.numpy().tolist() == [24, 24]
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
+
+
+def test_train_crop_leaves_the_resize_to_the_device_when_the_window_fits_the_canvas():
+  d = default.get_config().data
+  d.image_size = 24
+  jpeg = tf.constant(testing.make_jpeg(np.random.default_rng(2), 60, 45))
+  host = transforms.TrainCrop(d, canvas=0)
+  for i in range(12):
+    window = transforms.decode_and_random_crop(jpeg, _seed(i), (0.08, 1.0), (0.75, 4 / 3)).numpy()
+    img, extent = transforms.TrainCrop(d, canvas=64)(jpeg, _seed(i))  # every window fits
+    np.testing.assert_array_equal(img, window)
+    assert extent.numpy().tolist() == list(window.shape[:2])
+    # Canvas 30: windows over 30 pixels are resized here, exactly as without a canvas.
+    img, extent = transforms.TrainCrop(d, canvas=30)(jpeg, _seed(i))
+    if max(window.shape[:2]) > 30:
+      np.testing.assert_array_equal(img, host(jpeg, _seed(i))[0])
+      assert extent.numpy().tolist() == [24, 24]
+    else:
+      np.testing.assert_array_equal(img, window)
 
 
 @pytest.mark.parametrize('width,height', [(100, 75), (60, 90)])

@@ -38,6 +38,9 @@ def _config(tmp_path):
     (dict(batch_size=12), ValueError, r'batch_size=12 .* multiple of the device count \(8'),
     (dict(batch_size=16, grad_accum_steps=4), ValueError, r'x config.grad_accum_steps \(4\) = 32'),
     (dict(data=dict(image_size=0)), ValueError, r'config.data.image_size=0: give the side of the square training crop'),
+    (dict(data=dict(device_resize=8)), ValueError, r'config.data.device_resize=8 is smaller than config.data.image_size=16'),
+    (dict(data=dict(interpolation='lanczos3')), ValueError, r"resizes with bicubic or bilinear; config.data.interpolation is "
+     r"'lanczos3': set config.data.device_resize=0"),
     (dict(mode='predict'), ValueError, r"config.mode must be one of \('train', 'eval'\)"),
     (dict(task='detection'), ValueError, r"config.task='detection' is not a task; choose one of \['classification"),
     (dict(init_from='/no/such/dir'), FileNotFoundError, r'init_from=/no/such/dir does not exist. config.init_from '

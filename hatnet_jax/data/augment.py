@@ -1,13 +1,15 @@
 """Per-example training augmentation that runs on the accelerator, in pure JAX (no tensorflow).
 
-The host pipeline (tf.data) decodes, crops (RandomResizedCrop) and resizes to uint8 ``[S, S, 3]``; this
+The host pipeline (tf.data) decodes and crops (RandomResizedCrop) to uint8, resized to ``[S, S, 3]``
+there or, with ``data.device_resize``, shipped unresized in a zero-padded canvas with its extent; this
 module then applies, per example and in timm's order,
 
-  horizontal flip (p = hflip_prob) -> RandAugment -> /255, normalise with mean/std -> random erasing
+  [resize of the crop window (`crop_resize`)] -> horizontal flip (p = hflip_prob) -> RandAugment ->
+  /255, normalise with mean/std -> random erasing
 
 on the device (see `augment_batch`). Moving these ops off the host leaves the host CPUs only JPEG
-decoding and one resize per image, the part that cannot move (the crop sizes differ per image), and
-sends uint8 instead of float32 over PCIe. Each example's randomness is derived from
+decoding (and, without ``device_resize``, one resize per image), and sends uint8 instead of float32
+over PCIe. Each example's randomness is derived from
 ``(seed, step, row in the global batch)``, so a batch is the same whatever the device count.
 """
 import dataclasses
@@ -16,6 +18,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from hatnet_jax.data import crop_resize
 from hatnet_jax.data import randaugment as ra
 
 _SALT = 0x4A7  # separates the device-side augmentation stream from other uses of the seed
@@ -31,13 +34,16 @@ class AugmentConfig:
   erase_prob: float = 0.25
   erase_mode: str = 'pixel'
   erase_count: int = 1
+  image_size: int = 224  # output side of the crop's resize, when the batch holds canvases
+  antialias: bool = True
 
   @classmethod
   def from_data_config(cls, d):
     return cls(hflip_prob=float(d.hflip_prob), randaugment=d.randaugment or '',
                interpolation=d.interpolation, mean=tuple(float(x) for x in d.mean),
                std=tuple(float(x) for x in d.std), erase_prob=float(d.erase_prob),
-               erase_mode=d.erase_mode, erase_count=int(d.erase_count))
+               erase_mode=d.erase_mode, erase_count=int(d.erase_count), image_size=int(d.image_size),
+               antialias=bool(d.get('antialias', True)))
 
   @property
   def fill(self):
@@ -115,8 +121,18 @@ def augment_example(img_u8, key, cfg: AugmentConfig, ra_params):
   return img
 
 
-def augment_batch(images_u8, seed, step, cfg: AugmentConfig):
-  """Augments a global batch uint8 [B, S, S, 3] of training step `step`; jit-able, shardable."""
+def augment_batch(images_u8, seed, step, cfg: AugmentConfig, extents=None):
+  """Augments a global batch uint8 [B, S, S, 3] of training step `step`; jit-able, shardable.
+
+  extents: int [B, 2] (height, width) when `images_u8` holds [B, C, C, 3] canvases whose top-left windows
+  are the crops (``data.device_resize``): each is resized to ``cfg.image_size`` first.
+  """
   ra_params = ra.parse_spec(cfg.randaugment)
   keys = example_keys(seed, step, images_u8.shape[0])
-  return jax.vmap(lambda x, k: augment_example(x, k, cfg, ra_params))(images_u8, keys)
+
+  def one(x, k, hw):
+    if hw is not None:
+      x = crop_resize.resize_window(x, hw[0], hw[1], cfg.image_size, cfg.interpolation, cfg.antialias)
+    return augment_example(x, k, cfg, ra_params)
+
+  return jax.vmap(one)(images_u8, keys, extents)

@@ -15,15 +15,20 @@ Design (measured on this repo's benchmarks/input_pipeline.py; see the README sec
   This needs random access: TFDS array_record data sources (ImageNet, other TFDS datasets, digits),
   file paths (image folders) or memory (config.data.cache).
 * **tf.data for the work that must stay on the host**: each process reads only its rows of every global
-  batch, looks records up in chunks, and runs decode + RandomResizedCrop (fused with JPEG decoding) +
-  one resize to uint8 in C++ threads (no GIL, no worker processes). Flip, RandAugment, normalisation
-  and random erasing run on the device in JAX (`augment.py`): a first prototype doing all of it on the
-  host in TF ops ran at 54-62 images per CPU-second at 224, the host part alone runs at ~190-240; and
-  the host ships uint8 (150 KB per image at 224) instead of float32.
+  batch, looks records up in chunks, and runs decode + RandomResizedCrop (fused with JPEG decoding) in
+  C++ threads (no GIL, no worker processes); the crop's resize runs there too, or with
+  ``data.device_resize`` (the default) on the device (`crop_resize.py`). Flip, RandAugment,
+  normalisation and random erasing run on the device in JAX (`augment.py`): a first prototype doing
+  all of it on the host in TF ops ran at 54-62 images per CPU-second at 224, the host part with the
+  resize at ~190-240, without it at ~470; and the host ships uint8 (a 512 x 512 canvas is 786 KB per
+  image, a resized 224 x 224 crop 150 KB) instead of float32.
 * **Corrupt images** (training): an example that fails to decode is replaced by a deterministic random
   other example of the split (up to 7 tries; then the run stops with an error), so batches keep their
   size and composition stays a function of (seed, step). Each replacement counts in
-  ``num_skipped``. Evaluation never skips: a decode error raises.
+  ``num_skipped``. The iterator starts on a plain parallel map and switches to the replacing pipeline
+  (per-example tf.data datasets, ~0.7 ms per image of host CPU here) at the first batch with an
+  undecodable image, from that batch on: the same batches as replacing from the start. Evaluation never
+  skips: a decode error raises.
 * **Exact evaluation**: ceil(N / B) global batches; position p >= N is padding (mask 0, it repeats the
   last example). Each process takes its rows of each batch, so every example is seen exactly once over
   all processes and devices.
@@ -98,14 +103,26 @@ def _fetch(ds, src, chunk):
   return ds.batch(chunk).map(lookup, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
-def train_dataset(src, d, seed, global_batch, lo, hi, start_step=0, num_steps=_INF_STEPS,
-                  threads=None, robust=None):
-  """Per-process host dataset of training batches: dict(image uint8, label int32, skipped int32).
+def train_canvas(d, image_shape=(None, None, 3)) -> int:
+  """Side of the canvases the crops travel in (0: resized on the host): ``d.device_resize``, or less
+  when the dataset declares a fixed image size (every crop of a 32x32 dataset fits a 32x32 canvas)."""
+  canvas = int(d.get('device_resize', 0) or 0)
+  if canvas and None not in image_shape[:2]:
+    canvas = min(canvas, max(int(image_shape[0]), int(image_shape[1]), int(d.image_size)))
+  return canvas
 
-  robust (default config.data.skip_corrupt): replace undecodable images (costs ~10% host throughput);
-  False: a plain parallel map, where a decode error stops the pipeline.
+
+def train_dataset(src, d, seed, global_batch, lo, hi, start_step=0, num_steps=_INF_STEPS,
+                  threads=None, robust=None, canvas=None):
+  """Per-process host dataset of training batches: dict(image uint8, extent int32 [n, 2], label int32,
+  skipped int32); image is [n, S, S, 3], or [n, C, C, 3] canvases with ``data.device_resize = C``
+  (`transforms.TrainCrop`; canvas: C, default `train_canvas(d)`).
+
+  robust (default config.data.skip_corrupt): replace undecodable images (per-example datasets: ~0.7 ms
+  of host CPU per image here; `TrainIterator` switches to it at the first undecodable image); False: a
+  plain parallel map, where a decode error stops the pipeline.
   """
-  crop = transforms.TrainCrop(d)
+  crop = transforms.TrainCrop(d, train_canvas(d) if canvas is None else canvas)
   n_local = hi - lo
   num = len(src)
   repeats = max(1, int(d.repeated_aug))
@@ -116,8 +133,8 @@ def train_dataset(src, d, seed, global_batch, lo, hi, start_step=0, num_steps=_I
   replace_seed = tf.constant(seed * 1_000_003 + _SALT_REPLACE, tf.int64)
 
   def crop_attempt(pos, data, label, a):
-    image = crop(data, tf.stack([crop_seed, pos * MAX_TRIES + a]))
-    return image, label, tf.cast(a, tf.int32)
+    image, extent = crop(data, tf.stack([crop_seed, pos * MAX_TRIES + a]))
+    return image, extent, label, tf.cast(a, tf.int32)
 
   def replacement(pos, a):
     u = tf.random.stateless_uniform([], tf.stack([replace_seed, pos * MAX_TRIES + a]))
@@ -125,7 +142,6 @@ def train_dataset(src, d, seed, global_batch, lo, hi, start_step=0, num_steps=_I
     data, label = src.lookup(ridx[None])
     return data[0], label[0], a
 
-  size = crop.size
   if robust is None:
     robust = bool(d.get('skip_corrupt', True))
 
@@ -141,7 +157,8 @@ def train_dataset(src, d, seed, global_batch, lo, hi, start_step=0, num_steps=_I
       check = tf.debugging.Assert(False, ['All tries to decode an image failed at stream position',
                                           pos, '(the data looks broken).'])
       with tf.control_dependencies([check]):
-        return tf.zeros([size, size, 3], tf.uint8), tf.constant(0, tf.int32), tf.constant(-1)
+        return (tf.zeros([crop.size, crop.size, 3], tf.uint8), tf.constant([crop.size] * 2, tf.int32),
+                tf.constant(0, tf.int32), tf.constant(-1))
     failed = tf.data.Dataset.range(1).map(fail)
     return tries.concatenate(failed).take(1)
 
@@ -151,8 +168,9 @@ def train_dataset(src, d, seed, global_batch, lo, hi, start_step=0, num_steps=_I
   else:
     ds = ds.map(lambda pos, idx, data, label: crop_attempt(pos, data, label, tf.constant(0, tf.int64)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(n_local, drop_remainder=True)
-  ds = ds.map(lambda img, lab, a: dict(image=img, label=lab, skipped=a))
+  # Crops of different sizes (device_resize) land in the top-left corners of zeroed canvases.
+  ds = ds.padded_batch(n_local, padded_shapes=(crop.shape, [2], [], []), drop_remainder=True)
+  ds = ds.map(lambda img, extent, lab, a: dict(image=img, extent=extent, label=lab, skipped=a))
   return ds.prefetch(2).with_options(_options(d, threads))
 
 
@@ -231,8 +249,8 @@ class _Prefetcher:
 
 @functools.lru_cache(maxsize=16)
 def _augment_fn(aug_cfg, sharding):
-  return jax.jit(lambda images, seed, step: augment_lib.augment_batch(images, seed, step, aug_cfg),
-                 out_shardings=sharding)
+  return jax.jit(lambda images, seed, step, extents=None: augment_lib.augment_batch(
+      images, seed, step, aug_cfg, extents), out_shardings=sharding)
 
 
 @functools.lru_cache(maxsize=16)
@@ -274,25 +292,47 @@ class TrainIterator(GlobalBatches):
   the batches this process has yielded), `get_state()` -> {'step': step}.
   """
 
-  def __init__(self, host_ds, sharding, global_batch, image_size, seed, aug_cfg, start_step, prefetch,
-               name_failures=None):
+  def __init__(self, make_host, sharding, global_batch, image_size, seed, aug_cfg, start_step, prefetch,
+               name_failures=None, device_resize=0, replace_corrupt=True):
+    # make_host(start_step, robust) -> the host tf.data pipeline. It starts without the corrupt-image
+    # replacement (a plain parallel map; the replacement's per-example datasets cost ~0.7 of ~2.6 ms per
+    # image on the host); at the first undecodable image it restarts, replacing, from that batch: the
+    # stream is a function of (seed, step), so the batches are the ones the replacing pipeline gives.
+    self._make_host = make_host
+    self._replace_corrupt = bool(replace_corrupt)
+    self.replacing = False  # True once the replacing pipeline runs
     self._name_failures = name_failures  # (step, local rows) -> names of the examples that failed
     self._global_batch = global_batch
-    self._image_shape = (global_batch, image_size, image_size, 3)
+    side = int(device_resize) or image_size  # canvases: the crops are resized on the device
+    self._image_shape = (global_batch, side, side, 3)
+    self._resize = bool(device_resize)
     self.step = int(start_step)
     self._produced_step = int(start_step)
     self.num_skipped = 0
     self._seed = int(seed)
     self._augment = _augment_fn(aug_cfg, sharding)
-    super().__init__(host_ds, sharding, prefetch)
+    super().__init__(make_host(start_step, False), sharding, prefetch)
+
+  def _next_local(self):
+    try:
+      return next(self._np_iter)
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
+      if not self._replace_corrupt or self.replacing:
+        raise
+    logging.info('An image of training batch %d does not decode; from that batch on, the input pipeline '
+                 'replaces undecodable images.', self._produced_step)
+    self.replacing = True
+    self._np_iter = self._make_host(self._produced_step, True).as_numpy_iterator()
+    return next(self._np_iter)
 
   def _produce(self):
-    local = next(self._np_iter)
+    local = self._next_local()
     images = self._global(local['image'], self._image_shape)
     labels = self._global(local['label'], (self._global_batch,))
+    extents = self._global(local['extent'], (self._global_batch, 2)) if self._resize else None
     step = self._produced_step
     self._produced_step += 1
-    images = self._augment(images, np.uint32(self._seed & 0xFFFFFFFF), np.int32(step))
+    images = self._augment(images, np.uint32(self._seed & 0xFFFFFFFF), np.int32(step), extents)
     failed_rows = np.nonzero(local['skipped'] > 0)[0]
     names = self._name_failures(step, failed_rows) if self._name_failures and failed_rows.size else []
     return dict(image=images, label=labels), (int(local['skipped'].sum()), names)
@@ -373,7 +413,12 @@ def create_train_iterator(config, mesh, start_step=0):
   info = sources.dataset_info(d)
   src = sources.open_split(d, info.train_split)
   sharding, lo, hi = layout.batch_rows(mesh, config.batch_size)
-  host = train_dataset(src, d, int(config.seed), int(config.batch_size), lo, hi, start_step)
+  canvas = train_canvas(d, info.image_shape)
+
+  def make_host(first_step, robust):
+    return train_dataset(src, d, int(config.seed), int(config.batch_size), lo, hi, first_step, canvas=canvas,
+                         robust=robust)
+
   repeats = max(1, int(d.repeated_aug))
 
   def name_failures(step, rows):
@@ -381,9 +426,10 @@ def create_train_iterator(config, mesh, start_step=0):
     indices = stream_indices(tf.constant(positions), len(src), int(config.seed), repeats).numpy()
     return [src.describe(i) for i in indices]
 
-  return TrainIterator(host, sharding, int(config.batch_size), int(d.image_size), int(config.seed),
+  return TrainIterator(make_host, sharding, int(config.batch_size), int(d.image_size), int(config.seed),
                        augment_lib.AugmentConfig.from_data_config(d), start_step, int(d.prefetch),
-                       name_failures=name_failures)
+                       name_failures=name_failures, device_resize=canvas,
+                       replace_corrupt=bool(d.get('skip_corrupt', True)))
 
 
 def create_eval_iterator(config, mesh):

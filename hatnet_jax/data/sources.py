@@ -46,6 +46,7 @@ class DatasetInfo:
   image_key: str = 'image'
   label_key: str = 'label'
   class_names: Tuple[str, ...] = ()
+  image_shape: Tuple = (None, None, 3)  # the feature's declared shape (None: varies per image)
 
 
 
@@ -180,7 +181,7 @@ def dataset_info(d) -> DatasetInfo:
       name=builder.name, num_classes=int(label.num_classes),
       num_train=_split_size(builder, d.train_split), num_eval=_split_size(builder, eval_split),
       train_split=d.train_split, eval_split=eval_split, image_key=image_key, label_key=label_key,
-      class_names=tuple(label.names or ()))
+      class_names=tuple(label.names or ()), image_shape=tuple(info.features[image_key].shape))
 
 
 def _array_record_source(builder, split):

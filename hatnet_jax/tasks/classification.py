@@ -9,6 +9,7 @@ from absl import logging
 
 from hatnet_jax import data
 from hatnet_jax import models
+from hatnet_jax.data import crop_resize
 from hatnet_jax.tasks import base
 
 TOP_K = 5  # eval reports top-1 and top-k accuracy
@@ -40,6 +41,14 @@ class Classification(base.Task):
     if size < 1:
       raise ValueError(f'config.data.image_size={size}: give the side of the square training crop, >= 1 '
                        f'(224 for ImageNet)')
+    canvas = self.config.data.get('device_resize', 0)
+    if canvas and canvas < size:
+      raise ValueError(f'config.data.device_resize={canvas} is smaller than config.data.image_size={size}: '
+                       f'give the canvas side (>= image_size; 512 for ImageNet) or 0 to resize on the host')
+    if canvas and self.config.data.interpolation not in crop_resize.INTERPOLATIONS:
+      raise ValueError(f'config.data.device_resize resizes with {" or ".join(crop_resize.INTERPOLATIONS)}; '
+                       f'config.data.interpolation is {self.config.data.interpolation!r}: set '
+                       f'config.data.device_resize=0 to resize on the host')
     # Any size >= 1 works (maps are padded, never below 1x1); the log shows what each stage gets.
     sizes = models.stage_map_sizes(size, len(self.create_model(1).variant.dims))
     logging.info('Stage maps at image_size %d: %s.', size, ', '.join(f'{n}x{n}' for n in sizes))
