@@ -414,6 +414,9 @@ def create_train_iterator(config, mesh, start_step=0):
   src = sources.open_split(d, info.train_split)
   sharding, lo, hi = layout.batch_rows(mesh, config.batch_size)
   canvas = train_canvas(d, info.image_shape)
+  if canvas:
+    logging.info('Training crops travel unresized in %dx%d canvases and are resized to %d on the devices '
+                 '(config.data.device_resize=%d).', canvas, canvas, int(d.image_size), int(d.device_resize))
 
   def make_host(first_step, robust):
     return train_dataset(src, d, int(config.seed), int(config.batch_size), lo, hi, first_step, canvas=canvas,
