@@ -279,7 +279,8 @@ def _crop_box(rng, height, width):
 
 def _timm_runner(jpegs, args):
   """timm's DeiT training transform over the JPEGs, one thread: returns `run() -> (CPU s, wall s, n)` per
-  image over --seconds (and `run.shimmed`: see `_posterize_zero_bits`), called before and after our measurements (the machine's speed drifts)."""
+  image over --seconds, called before and after our measurements (the machine's speed drifts), with
+  `run.shimmed` (see `_posterize_zero_bits`)."""
   import random  # pylint: disable=g-import-not-at-top
   timm, torch, _, Image = import_timm()
   torch.set_num_threads(1)

@@ -20,8 +20,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-INTERPOLATIONS = ('bicubic', 'bilinear')
-_RADIUS = {'bicubic': 2.0, 'bilinear': 1.0}
 _BLOCK = 32  # output rows (columns) per matrix product
 
 
@@ -35,7 +33,8 @@ def _triangle(x):
   return jnp.maximum(0.0, 1.0 - x)
 
 
-_KERNELS = {'bicubic': _keys_cubic, 'bilinear': _triangle}
+_KERNELS = {'bicubic': (_keys_cubic, 2.0), 'bilinear': (_triangle, 1.0)}  # (kernel of |x|, its radius)
+INTERPOLATIONS = tuple(_KERNELS)
 
 
 def weights(valid, out_size, canvas, interpolation='bicubic', antialias=True):
@@ -43,7 +42,7 @@ def weights(valid, out_size, canvas, interpolation='bicubic', antialias=True):
 
   `valid` may be traced (a scalar int); rows sum to 1 over the valid pixels, columns >= valid are 0.
   """
-  kernel = _KERNELS[interpolation]
+  kernel = _KERNELS[interpolation][0]
   n = jnp.asarray(valid, jnp.float32)
   inv_scale = n / out_size
   kernel_scale = jnp.maximum(inv_scale, 1.0) if antialias else 1.0
@@ -68,11 +67,12 @@ def _resize_axis(x, axis, valid, size, interpolation, antialias):
   zero elsewhere): ~6x fewer multiply-adds than the whole [size, C] matrix for C = 512, size = 224."""
   canvas = x.shape[axis]
   w = weights(valid, size, canvas, interpolation, antialias)
-  slab = _slab(canvas, size, _RADIUS[interpolation])
+  radius = _KERNELS[interpolation][1]
+  slab = _slab(canvas, size, radius)
   blocks = -(-size // _BLOCK)
   w = jnp.pad(w, ((0, blocks * _BLOCK - size), (0, 0)))
   inv_scale = jnp.asarray(valid, jnp.float32) / size
-  reach = _RADIUS[interpolation] * (jnp.maximum(inv_scale, 1.0) if antialias else 1.0)
+  reach = radius * (jnp.maximum(inv_scale, 1.0) if antialias else 1.0)
   spec = 'oi,iwc->owc' if axis == 0 else 'oi,hic->hoc'
   out = []
   for b in range(blocks):

@@ -132,22 +132,23 @@ def decode_and_random_crop(data, seed, scale, ratio):
 class TrainCrop:
   """Host part of the training transform: encoded bytes + seed -> (uint8 image, int32 [2] extent).
 
-  With ``data.device_resize = 0`` the image is the crop resized to ``[size, size, 3]`` (extent = size).
-  With ``data.device_resize = C`` (or `canvas`) it is the crop window unresized, ``[h, w, 3]`` with h, w
-  <= C, and the extent is (h, w); batching pads it into the top-left corner of a C x C canvas
-  (`padded_batch`: ~0.15 ms per 512 x 512 image here, where a `tf.pad` per image cost 1.3 ms) and the
-  device resizes it (`hatnet_jax.data.crop_resize`). A window taller or wider than C is resized here
-  (resizing it again on the device is the identity), so every crop gets one resize.
+  With ``canvas = 0`` the image is the crop resized to ``[size, size, 3]`` (extent = size). With
+  ``canvas = C`` (`pipeline.train_canvas`: ``data.device_resize``, or the dataset's fixed image size) it
+  is the crop window unresized, ``[h, w, 3]`` with h, w <= C, and the extent is (h, w); batching pads it
+  into the top-left corner of a C x C canvas (`padded_batch`: ~0.15 ms per 512 x 512 image here, where a
+  `tf.pad` per image cost 1.3 ms) and the device resizes it (`hatnet_jax.data.crop_resize`). A window
+  taller or wider than C is resized here (resizing it again on the device is the identity), so every
+  crop gets one resize.
   """
 
-  def __init__(self, data_config, canvas=None):
+  def __init__(self, data_config, canvas=0):
     d = data_config
     self.size = int(d.image_size)
     self.scale = tuple(float(x) for x in d.crop_scale)
     self.ratio = tuple(float(x) for x in d.crop_ratio)
     self.interpolation = d.interpolation
     self.antialias = bool(d.get('antialias', True))
-    self.canvas = int(d.get('device_resize', 0) or 0) if canvas is None else int(canvas)
+    self.canvas = int(canvas)
     self.shape = [self.canvas or self.size] * 2 + [3]  # of a batch's images
 
   def _resize(self, img):
@@ -159,8 +160,7 @@ class TrainCrop:
     img = decode_and_random_crop(data, seed, self.scale, self.ratio)
     if not self.canvas:
       return self._resize(img), tf.constant([self.size, self.size], tf.int32)
-    fits = tf.reduce_all(tf.shape(img)[:2] <= self.canvas)
-    img = tf.cond(fits, lambda: img, lambda: self._resize(img))
+    img = tf.cond(tf.reduce_all(tf.shape(img)[:2] <= self.canvas), lambda: img, lambda: self._resize(img))
     img.set_shape([None, None, 3])
     return img, tf.shape(img)[:2]
 
