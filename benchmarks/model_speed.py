@@ -26,7 +26,8 @@ Peak memory: the JAX figure is the device's peak on GPU/TPU and this process's p
 --compare_torch the PyTorch reference (benchmarks/torch_reference.py, the HAT-Net of tests/torch_hatnet.py,
 same model, batch and image size) runs in a subprocess of its own, before and after the JAX measurement
 (its images/s: the mean of the two runs, both kept); `torch_peak_memory_bytes` is that process's own
-peak RSS (on CUDA: torch's peak allocated device memory).
+peak RSS (on CUDA: torch's peak allocated device memory). After each compilation the compiler's freed heap
+is handed back to the system (hatnet_jax.host_memory.release_freed_memory), as the trainer does.
 
 CPU settings: as main.py, the benchmark first restarts with glibc's huge-page tunable (hatnet_jax.host_memory;
 --huge_pages=0 keeps glibc's default), and the JAX programs are compiled with the trainer's
@@ -217,6 +218,7 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
     t = time.perf_counter()
     compiled = exp.train_step.lower(exp.abstract_state, batch).compile()
     result['train_compile_s'] = time.perf_counter() - t
+    host_memory.release_freed_memory()  # as the trainer does after compiling (hatnet_jax/train.py)
     holder = {'full': exp.init_state()}
 
     def run():
@@ -230,6 +232,7 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
       t = time.perf_counter()
       compiled_bare = bare.lower(holder['bare'], batch).compile()
       result['bare_train_compile_s'] = time.perf_counter() - t
+      host_memory.release_freed_memory()
 
       def run_bare():
         holder['bare'], loss = compiled_bare(holder['bare'], batch)
@@ -252,6 +255,7 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
     t = time.perf_counter()
     compiled_infer = infer.lower(params, images).compile()
     result['infer_compile_s'] = time.perf_counter() - t
+    host_memory.release_freed_memory()
     times = _time(lambda: jax.block_until_ready(compiled_infer(params, images)), args.warmup, args.repeats, args.steps)
     ips = [global_batch / t for t in times]
     result.update(infer_images_per_s=statistics.median(ips), infer_images_per_s_min=min(ips),

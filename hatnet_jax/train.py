@@ -21,6 +21,7 @@ from absl import logging
 from hatnet_jax import checkpoint
 from hatnet_jax import compile_cache
 from hatnet_jax import experiment
+from hatnet_jax import host_memory
 from hatnet_jax import monitor
 from hatnet_jax import preemption
 from hatnet_jax import run_record
@@ -73,6 +74,7 @@ def evaluate(exp: experiment.Experiment, state: steps.TrainState) -> dict[str, A
   if pending is None:
     raise ValueError(f'the eval split of {exp.facts.name} is empty (config.data.eval_split)')
   add(pending)
+  host_memory.release_freed_memory()  # the eval step's compilation, the first time (see _compiled)
   metrics = {}
   for prefix, tree in totals.items():
     metrics.update({f'eval_{prefix}{k}': v for k, v in exp.task.finalize(tree).items()})
@@ -188,6 +190,15 @@ def _train(exp, workdir, record):
   return state, loop
 
 
+def _compiled(jitted, *args):
+  """`jitted` compiled (or loaded from the persistent cache) for `args`, then the compiler's freed heap given
+  back to the system (hatnet_jax.host_memory): on CPU the step's temporaries would otherwise come on top of it
+  (hatnet_tiny: peak RSS 4.6 -> 4.0 GiB). The result takes arguments of exactly these shapes and shardings."""
+  compiled = jitted.lower(*args).compile()
+  host_memory.release_freed_memory()
+  return compiled
+
+
 class _Loop:
   """The step loop of `train_and_evaluate`, with its periodic actions as methods."""
 
@@ -204,11 +215,14 @@ class _Loop:
     exp = self.exp
     logging.info('Training from step %d to %d (%d per epoch, %d images per step).', self.start_step, exp.num_steps,
                  exp.steps_per_epoch, self.config.batch_size)
+    train_step = exp.train_step
     for step in range(self.start_step, exp.num_steps):
       batch = next(self.train_it)
       done = step + 1
       self._maybe_log_images(batch, step, done)
-      state, metrics = exp.train_step(state, batch)
+      if step == self.start_step:
+        train_step = _compiled(exp.train_step, state, batch)
+      state, metrics = train_step(state, batch)
       self.pending.append(metrics)
       self.steps_interval += 1
       if step == self.start_step:  # keep compilation out of the throughput figures

@@ -95,3 +95,37 @@ def test_restarts_once_with_the_tunable_added(monkeypatch):
   monkeypatch.delenv('GLIBC_TUNABLES')
   monkeypatch.setattr(host_memory, 'why_not', lambda: 'not Linux')  # nothing to gain: no restart
   assert host_memory.reexec_with_huge_pages() == (False, 'not Linux') and len(calls) == 1
+
+
+# Frees 256 MB of 4 KiB blocks below a block that stays allocated (glibc trims only the top of its heap by
+# itself), then asks for the freed pages back; reports the resident MB at each point.
+_TRIM_PROBE = r'''
+import ctypes, json, os
+from hatnet_jax import host_memory
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss_mb():
+  return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+blocks = [libc.malloc(4096) for _ in range(65536)]
+for b in blocks:
+  ctypes.memset(b, 1, 4096)
+pin = libc.malloc(4096)
+allocated = rss_mb()
+for b in blocks:
+  libc.free(b)
+freed = rss_mb()
+released = host_memory.release_freed_memory()
+print(json.dumps({'allocated': allocated, 'freed': freed, 'trimmed': rss_mb(), 'released': released}))
+'''
+
+
+@pytest.mark.skipif(host_memory._glibc_version() is None or not sys.platform.startswith('linux'),
+                    reason='malloc_trim is glibc on Linux')
+def test_release_freed_memory_hands_the_freed_heap_back():
+  out = subprocess.run([sys.executable, '-c', _TRIM_PROBE], capture_output=True, text=True, check=True, cwd=ROOT,
+                       env={**os.environ, 'GLIBC_TUNABLES': ''})
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  assert r['released']
+  assert r['freed'] > r['allocated'] - 64, r  # glibc kept the freed blocks mapped
+  assert r['trimmed'] < r['freed'] - 192, r  # and gave back most of the 256 MB
