@@ -28,9 +28,11 @@ def get_config():
   # Stages of at most this many blocks are unrolled (0: none; --config.model.unroll=27 unrolls every stage
   # of every variant; a config file may also say True/False): faster steps (no stacked per-block
   # activations; tiny's CPU train step 2.9 -> 3.5 img/s) for longer compiles and more memory.
-  # 8 unrolls all of tiny/small and stages 1, 2, 4 of medium/large, whose 18/27-block stage 3 stays one
-  # loop (large's train step compiles in ~31 s so, ~90 s fully unrolled, here).
-  c.model.unroll = 8
+  # 6 unrolls all of tiny and stages 1, 2, 4 of small/medium and 1, 4 of large. Scanning small's 8-block
+  # stage 3 and large's 8-block stage 2 cost no step time on this CPU and shortened their train-step
+  # compiles: small 48.4 -> 33.5-34.4 s (step 7.1 vs 7.3 s), large 48.7 -> 37.0 s (step 19.9 s both);
+  # the 18/27-block stage 3 of medium/large stays one loop (BENCHMARKS.md).
+  c.model.unroll = 6
   c.model.attention_impl = ''  # '' lets JAX choose; 'xla' or 'cudnn' (flash attention on GPU) forces one
 
   # ---- Mixup/CutMix + label smoothing, in the train step: hatnet_jax.data.mixup.mix_batch(**config.mixup) ----
