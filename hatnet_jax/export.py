@@ -25,6 +25,10 @@ def export_model(model, variables, image_size: int, platforms=None):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
+  if getattr(model, 'depthwise_impl', None) in ('auto', 'native'):
+    # XLA's own depthwise path: the native CPU kernel is a custom call that a loaded module could not find.
+    model = model.clone(depthwise_impl='shift' if jax.default_backend() == 'cpu' else 'conv')
+
   def fn(images):
     return model.apply(variables, images, train=False)
 

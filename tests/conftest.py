@@ -1,11 +1,18 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported anywhere) and the repo root on sys.path."""
+"""Test setup: 8 fake CPU devices (set before jax is imported anywhere), a temporary build cache for the native
+kernel, and the repo root on sys.path."""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 _DEVICES_FLAG = '--xla_force_host_platform_device_count=8'
 if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _DEVICES_FLAG).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+if 'HATNET_JAX_NATIVE_CACHE' not in os.environ:  # the native kernel's build, shared with subprocesses, not in ~
+  os.environ['HATNET_JAX_NATIVE_CACHE'] = tempfile.mkdtemp(prefix='hatnet_native_')
+  atexit.register(shutil.rmtree, os.environ['HATNET_JAX_NATIVE_CACHE'], ignore_errors=True)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

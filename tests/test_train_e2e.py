@@ -133,10 +133,9 @@ def test_trains_evaluates_writes_checkpoints_and_events(reference, shared):
   assert _steps(workdir) == [4, 6, 8, 12]
 
 
-def test_sigkill_and_restart_gives_bitwise_the_uninterrupted_run(reference, shared, tmp_path):
-  ref_dir, _ = reference
-  workdir = str(tmp_path / 'killed')
-  proc = subprocess.Popen(_cmd(shared, workdir), env=_env(shared, 8), cwd=REPO, stdout=subprocess.DEVNULL,
+def _kill_after_the_first_checkpoint(shared, workdir, devices=8):
+  """Starts a run, SIGKILLs it as soon as it has a checkpoint, and restarts it; returns the restart's log."""
+  proc = subprocess.Popen(_cmd(shared, workdir), env=_env(shared, devices), cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + RUN_TIMEOUT
   while not _steps(workdir) and proc.poll() is None and time.time() < deadline:
@@ -147,10 +146,28 @@ def test_sigkill_and_restart_gives_bitwise_the_uninterrupted_run(reference, shar
   killed_at = _steps(workdir)
   assert killed_at and max(killed_at) < NUM_STEPS, killed_at  # killed mid-way, with a checkpoint
 
-  log = _run(shared, workdir)
+  log = _run(shared, workdir, devices=devices)
   assert f'Restored checkpoint at step {max(killed_at)}' in log
   first_step = next(line for line in log.splitlines() if 'First step (compilation included)' in line)
   assert '(compilation cache: ' in first_step and ' 0 programs loaded' not in first_step  # compiled earlier
+  return log
+
+
+def test_sigkill_and_restart_gives_bitwise_the_uninterrupted_run(reference, shared, tmp_path):
+  ref_dir, _ = reference
+  workdir = str(tmp_path / 'killed')
+  _kill_after_the_first_checkpoint(shared, workdir)
+  _assert_same_final_state(workdir, ref_dir)
+
+
+@pytest.mark.slow  # two more compilations (~1 min)
+def test_one_device_runs_the_native_kernel_and_sigkill_restart_is_bitwise(shared, tmp_path):
+  """On one CPU device 'auto' takes the native SiLU-depthwise-SiLU kernel (models/fused_depthwise.py)."""
+  ref_dir, workdir = str(tmp_path / 'one_device'), str(tmp_path / 'one_device_killed')
+  log = _run(shared, ref_dir, devices=1)
+  assert 'Native CPU kernel SiLU -> depthwise -> SiLU' in log
+  log = _kill_after_the_first_checkpoint(shared, workdir, devices=1)
+  assert 'Native CPU kernel SiLU -> depthwise -> SiLU' in log
   _assert_same_final_state(workdir, ref_dir)
 
 

@@ -31,9 +31,10 @@ class InvertedResidual(nn.Module):
     dense = lambda n, name: layers.dense(n, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                                          name=name)
     y = layers.group_norm('norm1', self.param_dtype)(x)
-    y = nn.silu(dense(self.dim * self.expansion, 'fc1')(y))
-    y = layers.DepthwiseConv(self.kernel_size, self.depthwise_impl, self.dtype, self.param_dtype, name='dwconv')(y)
-    y = layers.channel_dropout(self.drop_rate)(nn.silu(y), deterministic=not train)
+    y = dense(self.dim * self.expansion, 'fc1')(y)
+    y = layers.DepthwiseConv(self.kernel_size, self.depthwise_impl, self.dtype, self.param_dtype, silu_around=True,
+                             name='dwconv')(y)  # SiLU -> depthwise -> SiLU
+    y = layers.channel_dropout(self.drop_rate)(y, deterministic=not train)
     y = layers.group_norm('norm2', self.param_dtype)(dense(self.dim, 'fc2')(y))
     return layers.channel_dropout(self.drop_rate)(y, deterministic=not train)
 

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from hatnet_jax.models import fused_depthwise
+
 Dtype = jnp.dtype
 init_kernel = nn.initializers.truncated_normal(stddev=0.02)  # timm's trunc_normal_(std=.02), cut at +-2 std
 
@@ -39,14 +41,19 @@ def dense(features: int, *, use_bias: bool = True, dtype: Dtype, param_dtype: Dt
 class DepthwiseConv(nn.Module):
   """kxk depthwise convolution, stride 1, same padding, no bias. Kernel layout (k, k, 1, C) as flax.linen.Conv.
 
-  impl 'shift' computes it as k*k shifted multiply-adds, 'conv' as a grouped XLA convolution; 'auto' takes
-  'shift' on CPU, where XLA's grouped convolution is 5-15x slower (forward and kernel gradient), and 'conv'
-  elsewhere (cuDNN's depthwise kernels are fast). Both give the same result up to float rounding.
+  silu_around: compute SiLU(conv(SiLU(x))), the middle of HAT-Net's inverted residual.
+  impl 'shift' computes the convolution as k*k shifted multiply-adds, 'conv' as a grouped XLA convolution,
+  'native' (silu_around, float32, CPU only) the whole SiLU -> conv -> SiLU as one C++ kernel with its own
+  gradient (models/fused_depthwise.py). 'auto' takes 'native' where fused_depthwise.usable() says so (CPU,
+  one device, float32, the kernel built), else 'shift' on CPU, where XLA's grouped convolution is 5-15x
+  slower (forward and kernel gradient), and 'conv' elsewhere (cuDNN's depthwise kernels are fast). All
+  give the same result up to float rounding.
   """
   kernel_size: int
   impl: str = 'auto'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  silu_around: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -55,13 +62,25 @@ class DepthwiseConv(nn.Module):
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     impl = self.impl
     if impl == 'auto':
-      impl = 'shift' if jax.default_backend() == 'cpu' else 'conv'
+      if jax.default_backend() != 'cpu':
+        impl = 'conv'
+      else:
+        impl = 'native' if self.silu_around and fused_depthwise.usable(x) else 'shift'
+    if impl == 'native':
+      if not self.silu_around or x.dtype != jnp.float32:
+        raise ValueError("depthwise impl 'native' computes SiLU(conv(SiLU(x))) in float32 only (silu_around=True, "
+                         f"dtype float32); got silu_around={self.silu_around}, dtype {x.dtype}: use 'auto'")
+      return fused_depthwise.silu_depthwise_silu(x, kernel[:, :, 0, :])
+    if self.silu_around:
+      x = nn.silu(x)
     if impl == 'conv':
-      return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                          feature_group_count=channels)
-    if impl != 'shift':
-      raise ValueError(f"depthwise impl must be 'auto', 'conv' or 'shift', got {impl!r}")
-    return depthwise_shift(x, kernel[:, :, 0, :])
+      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                       feature_group_count=channels)
+    elif impl == 'shift':
+      y = depthwise_shift(x, kernel[:, :, 0, :])
+    else:
+      raise ValueError(f"depthwise impl must be 'auto', 'native', 'conv' or 'shift', got {impl!r}")
+    return nn.silu(y) if self.silu_around else y
 
 
 def _shift_correlate(x, kernel):

@@ -1,0 +1,264 @@
+// SiLU -> depthwise kxk convolution (stride 1, same padding, no bias) -> SiLU of an NHWC float32 map, and
+// its gradient, as XLA FFI handlers for the CPU backend (hatnet_jax/models/fused_depthwise.py builds and
+// registers them).
+//
+// Why hand-written: XLA's CPU backend runs this middle of HAT-Net's inverted residual as 3 forward and
+// ~15 backward passes over the expanded map (the sigmoid, the padded product, the shifted taps, one
+// reduction per kernel tap), each reading and writing the full map; no XLA formulation fuses them (see
+// BENCHMARKS.md). Here each pass goes over an image in bands of rows with ring buffers of k rows, so the
+// forward reads its input once and writes its output once, and the backward reads the input and the
+// incoming gradient once and writes the input gradient once. The backward saves nothing from the forward
+// but its input: it recomputes SiLU and the convolution.
+//
+// Determinism: work is split into fixed (image, band) chunks whatever the thread count, and the kernel
+// gradient's per-chunk partial sums are added in chunk order, so results are bitwise reproducible.
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// exp(x) for float32, vectorisable (no libm call): n = round(x / ln 2) (adding and subtracting 1.5 * 2^23
+// rounds to the nearest integer), r = x - n ln 2 (Cody-Waite), exp(r) by its degree-6 Taylor polynomial
+// (relative error < 1e-7 for |r| <= ln2 / 2), times 2^n built in the exponent bits.
+inline float Exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+}
+
+inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
+
+struct Geometry {
+  int64_t batch, height, width, channels, k, pad;
+  int64_t RowFloats() const { return width * channels; }
+  int64_t PaddedRowFloats() const { return (width + 2 * pad) * channels; }
+  // Rows of output per chunk: bands of at most 16 rows, as equal as possible (fixed, whatever the threads).
+  int64_t Bands() const { return (height + 15) / 16; }
+  int64_t BandStart(int64_t band) const { return band * height / Bands(); }
+};
+
+// A ring of k padded rows (pad zero columns each side); row r lives in slot r mod k.
+class Ring {
+ public:
+  explicit Ring(const Geometry& g) : g_(g), data_(g.k * g.PaddedRowFloats(), 0.0f) {}
+  float* Row(int64_t r) { return data_.data() + ((r % g_.k + g_.k) % g_.k) * g_.PaddedRowFloats(); }
+  float* Interior(int64_t r) { return Row(r) + g_.pad * g_.channels; }
+
+ private:
+  const Geometry& g_;
+  std::vector<float> data_;
+};
+
+// Loads SiLU(x[b, r]) into the ring (zeros for rows outside the image).
+void LoadSilu(const Geometry& g, const float* x, int64_t b, int64_t r, Ring& ring) {
+  float* dst = ring.Interior(r);
+  const int64_t n = g.RowFloats();
+  if (r < 0 || r >= g.height) {
+    std::memset(dst, 0, n * sizeof(float));
+    return;
+  }
+  const float* src = x + (b * g.height + r) * n;
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * Sigmoid(src[i]);
+}
+
+// out[x, c] = sum_ij rows[i][(x + j) C + c] * kernel[i, j, c] for one output row (rows: k padded rows).
+void CorrelateRow(const Geometry& g, Ring& ring, int64_t first_row, const float* kernel, float* out) {
+  const int64_t c = g.channels;
+  for (int64_t x = 0; x < g.width; ++x) {
+    float* o = out + x * c;
+    for (int64_t i = 0; i < g.k; ++i) {
+      const float* row = ring.Row(first_row + i);
+      for (int64_t j = 0; j < g.k; ++j) {
+        const float* a = row + (x + j) * c;
+        const float* w = kernel + (i * g.k + j) * c;
+        if (i == 0 && j == 0) {
+          for (int64_t ch = 0; ch < c; ++ch) o[ch] = a[ch] * w[ch];
+        } else {
+          for (int64_t ch = 0; ch < c; ++ch) o[ch] += a[ch] * w[ch];
+        }
+      }
+    }
+  }
+}
+
+void ForwardChunk(const Geometry& g, const float* x, const float* kernel, float* y, int64_t b, int64_t y0,
+                  int64_t y1) {
+  Ring a1(g);
+  for (int64_t r = y0 - g.pad; r < y0 + g.pad; ++r) LoadSilu(g, x, b, r, a1);
+  for (int64_t r = y0; r < y1; ++r) {
+    LoadSilu(g, x, b, r + g.pad, a1);
+    float* out = y + (b * g.height + r) * g.RowFloats();
+    CorrelateRow(g, a1, r - g.pad, kernel, out);
+    for (int64_t i = 0; i < g.RowFloats(); ++i) out[i] = out[i] * Sigmoid(out[i]);
+  }
+}
+
+// Rows [y0, y1) of dx and this chunk's share of dk (the rows of h2 it owns: [y0, y1)).
+void BackwardChunk(const Geometry& g, const float* x, const float* kernel, const float* dy, float* dx,
+                   float* dk, int64_t b, int64_t y0, int64_t y1) {
+  const int64_t c = g.channels, n = g.RowFloats(), p = g.pad;
+  Ring a1(g), dh2(g);
+  std::vector<float> h2(n);
+  std::fill(dk, dk + g.k * g.k * c, 0.0f);
+  const int64_t r_start = y0 - p, r_end = y1 + p;  // rows of dh2 that rows [y0, y1) of dx need
+  for (int64_t r = r_start - p; r < r_start + p; ++r) LoadSilu(g, x, b, r, a1);
+  for (int64_t r = r_start; r < r_end; ++r) {
+    LoadSilu(g, x, b, r + p, a1);
+    float* d = dh2.Interior(r);
+    if (r >= 0 && r < g.height) {
+      // dh2 = dy * SiLU'(h2), h2 = the convolution recomputed.
+      CorrelateRow(g, a1, r - p, kernel, h2.data());
+      const float* g2 = dy + (b * g.height + r) * n;
+      for (int64_t i = 0; i < n; ++i) {
+        const float s = Sigmoid(h2[i]);
+        d[i] = g2[i] * (s * (1.0f + h2[i] * (1.0f - s)));
+      }
+      if (r >= y0 && r < y1) {
+        for (int64_t xx = 0; xx < g.width; ++xx) {
+          const float* dd = d + xx * c;
+          for (int64_t i = 0; i < g.k; ++i) {
+            const float* row = a1.Row(r - p + i);
+            for (int64_t j = 0; j < g.k; ++j) {
+              const float* a = row + (xx + j) * c;
+              float* acc = dk + (i * g.k + j) * c;
+              for (int64_t ch = 0; ch < c; ++ch) acc[ch] += a[ch] * dd[ch];
+            }
+          }
+        }
+      }
+    } else {
+      std::memset(d, 0, n * sizeof(float));
+    }
+    const int64_t u = r - p;  // the dx row whose dh2 rows [u - p, u + p] are now all in the ring
+    if (u < y0 || u >= y1) continue;
+    float* out = dx + (b * g.height + u) * n;
+    for (int64_t xx = 0; xx < g.width; ++xx) {
+      float* o = out + xx * c;
+      for (int64_t i = 0; i < g.k; ++i) {
+        const float* row = dh2.Row(u - i + p);
+        for (int64_t j = 0; j < g.k; ++j) {
+          const float* dd = row + (xx - j + 2 * p) * c;
+          const float* w = kernel + (i * g.k + j) * c;
+          if (i == 0 && j == 0) {
+            for (int64_t ch = 0; ch < c; ++ch) o[ch] = dd[ch] * w[ch];
+          } else {
+            for (int64_t ch = 0; ch < c; ++ch) o[ch] += dd[ch] * w[ch];
+          }
+        }
+      }
+    }
+    const float* h1 = x + (b * g.height + u) * n;
+    for (int64_t i = 0; i < n; ++i) {
+      const float s = Sigmoid(h1[i]);
+      out[i] *= s * (1.0f + h1[i] * (1.0f - s));
+    }
+  }
+}
+
+// Runs fn(0..n-1) on the calling thread and the XLA thread pool; returns when all have finished. Helpers
+// that start after the work is gone find nothing to do; the shared state outlives this call for them.
+template <typename Fn>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, Fn fn) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  auto* fn_ptr = &fn;  // used only while chunks remain, i.e. before this call returns
+  auto work = [state, fn_ptr, n]() {
+    for (int64_t i; (i = state->next.fetch_add(1)) < n;) {
+      (*fn_ptr)(i);
+      if (state->done.fetch_add(1) + 1 == n) {
+        { std::lock_guard<std::mutex> lock(state->mu); }
+        state->cv.notify_all();
+      }
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));
+  work();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done.load() == n; });
+}
+
+ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& kernel, Geometry& g) {
+  const auto xd = x.dimensions();
+  const auto kd = kernel.dimensions();
+  if (xd.size() != 4 || kd.size() != 3 || kd[0] != kd[1] || kd[0] % 2 == 0 || kd[2] != xd[3]) {
+    return ffi::Error::InvalidArgument("silu_depthwise_silu: x must be (B, H, W, C) and kernel (k, k, C), k odd");
+  }
+  g = Geometry{xd[0], xd[1], xd[2], xd[3], kd[0], kd[0] / 2};
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                   ffi::ResultBuffer<ffi::F32> y) {
+  Geometry g;
+  if (ffi::Error e = CheckShapes(x, kernel, g); e.failure()) return e;
+  const float *xp = x.typed_data(), *kp = kernel.typed_data();
+  float* yp = y->typed_data();
+  const int64_t bands = g.Bands();
+  ParallelFor(pool, g.batch * bands, [&](int64_t i) {
+    const int64_t b = i / bands, band = i % bands;
+    ForwardChunk(g, xp, kp, yp, b, g.BandStart(band), g.BandStart(band + 1));
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                    ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dk) {
+  Geometry g;
+  if (ffi::Error e = CheckShapes(x, kernel, g); e.failure()) return e;
+  const float *xp = x.typed_data(), *kp = kernel.typed_data(), *dyp = dy.typed_data();
+  float *dxp = dx->typed_data(), *dkp = dk->typed_data();
+  const int64_t bands = g.Bands(), chunks = g.batch * bands, kk = g.k * g.k * g.channels;
+  std::vector<float> partial(chunks * kk);
+  ParallelFor(pool, chunks, [&](int64_t i) {
+    const int64_t b = i / bands, band = i % bands;
+    BackwardChunk(g, xp, kp, dyp, dxp, partial.data() + i * kk, b, g.BandStart(band), g.BandStart(band + 1));
+  });
+  std::copy(partial.begin(), partial.begin() + kk, dkp);
+  for (int64_t i = 1; i < chunks; ++i) {
+    const float* src = partial.data() + i * kk;
+    for (int64_t j = 0; j < kk; ++j) dkp[j] += src[j];
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HatnetSiluDepthwiseSiluFwd, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HatnetSiluDepthwiseSiluBwd, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
