@@ -7,8 +7,9 @@
 // reduction per kernel tap), each reading and writing the full map; no XLA formulation fuses them (see
 // BENCHMARKS.md). Here each pass goes over an image in bands of rows with ring buffers of k rows, so the
 // forward reads its input once and writes its output once, and the backward reads the input and the
-// incoming gradient once and writes the input gradient once. The backward saves nothing from the forward
-// but its input: it recomputes SiLU and the convolution.
+// incoming gradient once and writes the input gradient once, each position's k*k taps (and the kernel
+// gradient's k*k sums along a row) accumulated in vector registers. The backward saves nothing from the
+// forward but its input: it recomputes SiLU and the convolution.
 //
 // Determinism: work is split into fixed (image, band) chunks whatever the thread count, and the kernel
 // gradient's per-chunk partial sums are added in chunk order, so results are bitwise reproducible.
@@ -20,6 +21,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -28,24 +30,50 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// exp(x) for float32, vectorisable (no libm call): n = round(x / ln 2) (adding and subtracting 1.5 * 2^23
-// rounds to the nearest integer), r = x - n ln 2 (Cody-Waite), exp(r) by its degree-6 Taylor polynomial
-// (relative error < 1e-7 for |r| <= ln2 / 2), times 2^n built in the exponent bits.
-inline float Exp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.0f / 720.0f;
+// Channels go in vectors of kLanes floats (GCC vector extensions: one AVX-512 register, or two or four
+// narrower ones elsewhere) so that the k*k taps of a position accumulate in registers; a channel tail
+// that does not fill a vector takes the scalar path.
+constexpr int64_t kLanes = 16;
+constexpr int64_t kMaxK = 7;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float))));
+typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t)), aligned(sizeof(int32_t))));
+
+inline Vec Load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(v)); }
+inline float Pow2(float n) { return std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23); }
+inline Vec Pow2(Vec n) { return reinterpret_cast<Vec>((__builtin_convertvector(n, VecI) + 127) << 23); }
+
+// exp(x) for float32 without libm (so that it vectorises): n = round(x / ln 2) (adding and subtracting
+// 1.5 * 2^23 rounds to the nearest integer), r = x - n ln 2 (Cody-Waite), exp(r) by its degree-6 Taylor
+// polynomial (relative error < 1e-7 for |r| <= ln2 / 2), times 2^n built in the exponent bits.
+template <typename T>
+inline T Exp(T x) {
+  x = x < -87.0f ? T{} - 87.0f : x;
+  x = x > 88.0f ? T{} + 88.0f : x;
+  const T n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const T r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  T p = T{} + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
   p = p * r + 1.0f / 6.0f;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return p * Pow2(n);
 }
 
-inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
+template <typename T>
+inline T Sigmoid(T x) { return 1.0f / (1.0f + Exp(-x)); }
+// d SiLU(h) / dh = s (1 + h (1 - s)), s = sigmoid(h).
+template <typename T>
+inline T SiluGrad(T h) {
+  const T s = Sigmoid(h);
+  return s * (1.0f + h * (1.0f - s));
+}
 
 struct Geometry {
   int64_t batch, height, width, channels, k, pad;
@@ -80,44 +108,84 @@ void LoadSilu(const Geometry& g, const float* x, int64_t b, int64_t r, Ring& rin
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * Sigmoid(src[i]);
 }
 
-// out[x, c] = sum_ij rows[i][(x + j) C + c] * kernel[i, j, c] for one output row (rows: k padded rows).
-void CorrelateRow(const Geometry& g, Ring& ring, int64_t first_row, const float* kernel, float* out) {
-  const int64_t c = g.channels;
-  for (int64_t x = 0; x < g.width; ++x) {
-    float* o = out + x * c;
-    for (int64_t i = 0; i < g.k; ++i) {
-      const float* row = ring.Row(first_row + i);
-      for (int64_t j = 0; j < g.k; ++j) {
-        const float* a = row + (x + j) * c;
-        const float* w = kernel + (i * g.k + j) * c;
-        if (i == 0 && j == 0) {
-          for (int64_t ch = 0; ch < c; ++ch) o[ch] = a[ch] * w[ch];
-        } else {
-          for (int64_t ch = 0; ch < c; ++ch) o[ch] += a[ch] * w[ch];
-        }
+template <typename T>
+inline T Get(const float* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return *p;
+  } else {
+    return Load(p);
+  }
+}
+inline void Put(float* p, float v) { *p = v; }
+inline void Put(float* p, Vec v) { Store(p, v); }
+
+// For each position x of a row and each channel vector (then each tail channel) ch:
+//   epilogue(x, ch, sum_ij rows[i][(x + col0 + sign j) C + ch] * kernel[i, j, ch]),
+// the k*k taps accumulated in registers. KT: the kernel size, or 0 for any (read from g).
+template <int KT, typename Epilogue>
+void CorrelateRow(const Geometry& g, const float* const* rows, int64_t col0, int64_t sign, const float* kernel,
+                  Epilogue epilogue) {
+  const int64_t k = KT ? KT : g.k, c = g.channels, cv = c - c % kLanes;
+  auto at = [&](auto zero, int64_t x, int64_t ch) {
+    using T = decltype(zero);
+    T acc = zero;
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < k; ++j) {
+        acc += Get<T>(rows[i] + (x + col0 + sign * j) * c + ch) * Get<T>(kernel + (i * k + j) * c + ch);
       }
     }
+    epilogue(x, ch, acc);
+  };
+  for (int64_t x = 0; x < g.width; ++x) {
+    for (int64_t ch = 0; ch < cv; ch += kLanes) at(Vec{}, x, ch);
+    for (int64_t ch = cv; ch < c; ++ch) at(0.0f, x, ch);
   }
 }
 
+// dk[i, j, ch] += sum_x rows[i][(x + j) C + ch] * d[x C + ch], the k*k sums of a channel vector in registers.
+template <int KT>
+void AccumulateKernelGrad(const Geometry& g, const float* const* rows, const float* d, float* dk) {
+  const int64_t k = KT ? KT : g.k, c = g.channels, cv = c - c % kLanes;
+  auto sums = [&](auto zero, int64_t ch) {
+    using T = decltype(zero);
+    T acc[kMaxK * kMaxK];
+    for (int64_t t = 0; t < k * k; ++t) acc[t] = Get<T>(dk + t * c + ch);
+    for (int64_t x = 0; x < g.width; ++x) {
+      const T dd = Get<T>(d + x * c + ch);
+      for (int64_t i = 0; i < k; ++i) {
+        for (int64_t j = 0; j < k; ++j) acc[i * k + j] += Get<T>(rows[i] + (x + j) * c + ch) * dd;
+      }
+    }
+    for (int64_t t = 0; t < k * k; ++t) Put(dk + t * c + ch, acc[t]);
+  };
+  for (int64_t ch = 0; ch < cv; ch += kLanes) sums(Vec{}, ch);
+  for (int64_t ch = cv; ch < c; ++ch) sums(0.0f, ch);
+}
+
+template <int KT>
 void ForwardChunk(const Geometry& g, const float* x, const float* kernel, float* y, int64_t b, int64_t y0,
                   int64_t y1) {
+  const int64_t c = g.channels;
   Ring a1(g);
+  const float* rows[kMaxK];
   for (int64_t r = y0 - g.pad; r < y0 + g.pad; ++r) LoadSilu(g, x, b, r, a1);
   for (int64_t r = y0; r < y1; ++r) {
     LoadSilu(g, x, b, r + g.pad, a1);
+    for (int64_t i = 0; i < g.k; ++i) rows[i] = a1.Row(r - g.pad + i);
     float* out = y + (b * g.height + r) * g.RowFloats();
-    CorrelateRow(g, a1, r - g.pad, kernel, out);
-    for (int64_t i = 0; i < g.RowFloats(); ++i) out[i] = out[i] * Sigmoid(out[i]);
+    CorrelateRow<KT>(g, rows, 0, 1, kernel, [&](int64_t xx, int64_t ch, auto h2) {
+      Put(out + xx * c + ch, h2 * Sigmoid(h2));
+    });
   }
 }
 
 // Rows [y0, y1) of dx and this chunk's share of dk (the rows of h2 it owns: [y0, y1)).
+template <int KT>
 void BackwardChunk(const Geometry& g, const float* x, const float* kernel, const float* dy, float* dx,
                    float* dk, int64_t b, int64_t y0, int64_t y1) {
   const int64_t c = g.channels, n = g.RowFloats(), p = g.pad;
   Ring a1(g), dh2(g);
-  std::vector<float> h2(n);
+  const float* rows[kMaxK];
   std::fill(dk, dk + g.k * g.k * c, 0.0f);
   const int64_t r_start = y0 - p, r_end = y1 + p;  // rows of dh2 that rows [y0, y1) of dx need
   for (int64_t r = r_start - p; r < r_start + p; ++r) LoadSilu(g, x, b, r, a1);
@@ -126,51 +194,26 @@ void BackwardChunk(const Geometry& g, const float* x, const float* kernel, const
     float* d = dh2.Interior(r);
     if (r >= 0 && r < g.height) {
       // dh2 = dy * SiLU'(h2), h2 = the convolution recomputed.
-      CorrelateRow(g, a1, r - p, kernel, h2.data());
+      for (int64_t i = 0; i < g.k; ++i) rows[i] = a1.Row(r - p + i);
       const float* g2 = dy + (b * g.height + r) * n;
-      for (int64_t i = 0; i < n; ++i) {
-        const float s = Sigmoid(h2[i]);
-        d[i] = g2[i] * (s * (1.0f + h2[i] * (1.0f - s)));
-      }
-      if (r >= y0 && r < y1) {
-        for (int64_t xx = 0; xx < g.width; ++xx) {
-          const float* dd = d + xx * c;
-          for (int64_t i = 0; i < g.k; ++i) {
-            const float* row = a1.Row(r - p + i);
-            for (int64_t j = 0; j < g.k; ++j) {
-              const float* a = row + (xx + j) * c;
-              float* acc = dk + (i * g.k + j) * c;
-              for (int64_t ch = 0; ch < c; ++ch) acc[ch] += a[ch] * dd[ch];
-            }
-          }
-        }
-      }
+      CorrelateRow<KT>(g, rows, 0, 1, kernel, [&](int64_t xx, int64_t ch, auto h2) {
+        using T = decltype(h2);
+        Put(d + xx * c + ch, Get<T>(g2 + xx * c + ch) * SiluGrad(h2));
+      });
+      if (r >= y0 && r < y1) AccumulateKernelGrad<KT>(g, rows, d, dk);
     } else {
       std::memset(d, 0, n * sizeof(float));
     }
     const int64_t u = r - p;  // the dx row whose dh2 rows [u - p, u + p] are now all in the ring
     if (u < y0 || u >= y1) continue;
-    float* out = dx + (b * g.height + u) * n;
-    for (int64_t xx = 0; xx < g.width; ++xx) {
-      float* o = out + xx * c;
-      for (int64_t i = 0; i < g.k; ++i) {
-        const float* row = dh2.Row(u - i + p);
-        for (int64_t j = 0; j < g.k; ++j) {
-          const float* dd = row + (xx - j + 2 * p) * c;
-          const float* w = kernel + (i * g.k + j) * c;
-          if (i == 0 && j == 0) {
-            for (int64_t ch = 0; ch < c; ++ch) o[ch] = dd[ch] * w[ch];
-          } else {
-            for (int64_t ch = 0; ch < c; ++ch) o[ch] += dd[ch] * w[ch];
-          }
-        }
-      }
-    }
+    // dx = SiLU'(h1) * (the transposed correlation of dh2: flipped taps, columns x - j + p of dh2).
+    for (int64_t i = 0; i < g.k; ++i) rows[i] = dh2.Row(u - i + p);
     const float* h1 = x + (b * g.height + u) * n;
-    for (int64_t i = 0; i < n; ++i) {
-      const float s = Sigmoid(h1[i]);
-      out[i] *= s * (1.0f + h1[i] * (1.0f - s));
-    }
+    float* out = dx + (b * g.height + u) * n;
+    CorrelateRow<KT>(g, rows, 2 * p, -1, kernel, [&](int64_t xx, int64_t ch, auto da1) {
+      using T = decltype(da1);
+      Put(out + xx * c + ch, da1 * SiluGrad(Get<T>(h1 + xx * c + ch)));
+    });
   }
 }
 
@@ -204,8 +247,8 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, Fn fn) {
 ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& kernel, Geometry& g) {
   const auto xd = x.dimensions();
   const auto kd = kernel.dimensions();
-  if (xd.size() != 4 || kd.size() != 3 || kd[0] != kd[1] || kd[0] % 2 == 0 || kd[2] != xd[3]) {
-    return ffi::Error::InvalidArgument("silu_depthwise_silu: x must be (B, H, W, C) and kernel (k, k, C), k odd");
+  if (xd.size() != 4 || kd.size() != 3 || kd[0] != kd[1] || kd[0] % 2 == 0 || kd[0] > kMaxK || kd[2] != xd[3]) {
+    return ffi::Error::InvalidArgument("silu_depthwise_silu: x must be (B, H, W, C) and kernel (k, k, C), k odd and at most 7");
   }
   g = Geometry{xd[0], xd[1], xd[2], xd[3], kd[0], kd[0] / 2};
   return ffi::Error::Success();
@@ -220,7 +263,14 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   const int64_t bands = g.Bands();
   ParallelFor(pool, g.batch * bands, [&](int64_t i) {
     const int64_t b = i / bands, band = i % bands;
-    ForwardChunk(g, xp, kp, yp, b, g.BandStart(band), g.BandStart(band + 1));
+    const int64_t y0 = g.BandStart(band), y1 = g.BandStart(band + 1);
+    if (g.k == 3) {
+      ForwardChunk<3>(g, xp, kp, yp, b, y0, y1);
+    } else if (g.k == 5) {
+      ForwardChunk<5>(g, xp, kp, yp, b, y0, y1);
+    } else {
+      ForwardChunk<0>(g, xp, kp, yp, b, y0, y1);
+    }
   });
   return ffi::Error::Success();
 }
@@ -235,7 +285,15 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   std::vector<float> partial(chunks * kk);
   ParallelFor(pool, chunks, [&](int64_t i) {
     const int64_t b = i / bands, band = i % bands;
-    BackwardChunk(g, xp, kp, dyp, dxp, partial.data() + i * kk, b, g.BandStart(band), g.BandStart(band + 1));
+    const int64_t y0 = g.BandStart(band), y1 = g.BandStart(band + 1);
+    float* dk_part = partial.data() + i * kk;
+    if (g.k == 3) {
+      BackwardChunk<3>(g, xp, kp, dyp, dxp, dk_part, b, y0, y1);
+    } else if (g.k == 5) {
+      BackwardChunk<5>(g, xp, kp, dyp, dxp, dk_part, b, y0, y1);
+    } else {
+      BackwardChunk<0>(g, xp, kp, dyp, dxp, dk_part, b, y0, y1);
+    }
   });
   std::copy(partial.begin(), partial.begin() + kk, dkp);
   for (int64_t i = 1; i < chunks; ++i) {
