@@ -12,7 +12,8 @@ loss (classification: mixup + soft-target CE; 'semfpn_*' models: pixel CE at 512
 backward, AdamW update, EMA off) jitted over a 'data' mesh of all local devices with the trainer's shardings; inputs are synthetic
 and already on the devices. --batch_size is per device. Each figure is the median of --repeats timed
 repetitions (after --warmup untimed steps) with min and max. FLOPs come from XLA's cost analysis of the
-step lowered with the stages unrolled (XLA counts a scan body once). Prints one JSON line per
+step lowered with the stages unrolled (XLA counts a scan body once) and, on CPU, with XLA's depthwise
+path (the native kernel's custom call is not counted; same math). Prints one JSON line per
 configuration, then a table. Needs no tensorflow.
 
 Beside the trainer's full step it times a bare model step (unless --skip_bare): forward, backward and
@@ -138,10 +139,13 @@ def setup(args, dtype: str, remat: bool, attention_impl: str, per_device: int) -
 
 
 def unrolled_experiment(setup_: types.SimpleNamespace) -> experiment.Experiment:
-  """The same experiment with config.model.unroll (every block visible to XLA's cost analysis)."""
+  """The same experiment with config.model.unroll (every block visible to XLA's cost analysis) and, on CPU,
+  XLA's depthwise path: the native kernel is a custom call, whose FLOPs and bytes XLA does not count."""
   config_u = setup_.config.copy_and_resolve_references()
   with config_u.unlocked():
     config_u.model.unroll = True
+    if jax.default_backend() == 'cpu' and config_u.model.get('depthwise_impl', 'auto') in ('auto', 'native'):
+      config_u.model.depthwise_impl = 'shift'
   return experiment.Experiment.create(config_u, mesh=setup_.mesh, facts=setup_.facts)
 
 

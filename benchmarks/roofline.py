@@ -16,7 +16,9 @@
    and bytes accessed come from XLA's cost analysis of the same step with the stages unrolled (XLA counts
    a scan body once): by default of the compiled (fused) unrolled step, one extra compilation that is
    never run; with --skip_fused_bytes of the lowered one, whose bytes count every unfused HLO op's
-   operands and result (an over-count). Then: achieved GFLOP/s and GB/s, arithmetic intensity
+   operands and result (an over-count). On CPU that counted step takes XLA's depthwise path (XLA does not
+   count the native kernel's custom call): the FLOPs are the timed step's, its bytes an over-count of
+   what the native kernel moves. Then: achieved GFLOP/s and GB/s, arithmetic intensity
    (flops/byte), the roofline ceiling min(peak, intensity * bandwidth) and the fraction of peak.
 3. Which ops bound it (unless --skip_profile): one step under jax.profiler.trace; the kernels are the
    trace's events of the step's HLO module (XLA's CPU thread pool lines, and the calling thread's)
