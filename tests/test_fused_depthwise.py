@@ -59,6 +59,7 @@ def test_vmap_equals_a_loop():
     np.testing.assert_array_equal(batched[i], fused_depthwise.silu_depthwise_silu(x[i], kernel))
 
 
+@pytest.mark.slow  # two model compilations (~45 s); the PyTorch logits test of tiny runs the kernel by default
 def test_hatnet_with_the_kernel_matches_xla_path():
   micro = dict(dims=(16, 32, 48, 64), head_dim=16, depths=(1, 1, 1, 1), num_classes=10)
   native, shift = (models.create('hatnet_tiny', depthwise_impl=impl, **micro) for impl in ('native', 'shift'))
