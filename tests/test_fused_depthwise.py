@@ -81,6 +81,9 @@ def test_native_needs_silu_around_and_float32():
     layers.DepthwiseConv(3, impl='native').init(jax.random.key(0), x)
   with pytest.raises(ValueError, match='dtype bfloat16'):
     layers.DepthwiseConv(3, impl='native', dtype=jnp.bfloat16, silu_around=True).init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match='kernel size 9'):
+    layers.DepthwiseConv(9, impl='native', silu_around=True).init(jax.random.key(0), x)
+  assert not fused_depthwise.usable(x, 9)  # an explicit error above, XLA's path under 'auto'
 
 
 def _python(code, **env):
@@ -98,7 +101,7 @@ _HLO = """
     x = jnp.zeros((1, 8, 8, 16))
     v = module.init(jax.random.key(0), x)
     text = jax.jit(jax.value_and_grad(lambda v, x: module.apply(v, x).sum())).lower(v, x).as_text()
-    print('usable', fused_depthwise.usable(x), 'reason', fused_depthwise.unavailable_reason())
+    print('usable', fused_depthwise.usable(x, 3), 'reason', fused_depthwise.unavailable_reason())
     print('calls', text.count('hatnet_silu_depthwise_silu_fwd'), text.count('hatnet_silu_depthwise_silu_bwd'))
     """
 

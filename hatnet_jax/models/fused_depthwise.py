@@ -107,11 +107,15 @@ def unavailable_reason() -> str | None:
   return _load()
 
 
-def usable(x) -> bool:
+MAX_KERNEL_SIZE = 7  # kMaxK of the C++ source
+
+
+def usable(x, kernel_size: int) -> bool:
   """Whether 'auto' takes the kernel for `x`: CPU backend, one device (the custom call has no partitioning
-  rule, so a batch sharded over several devices would be gathered), float32, and the kernel available."""
+  rule, so a batch sharded over several devices would be gathered), float32, an odd kernel size of at most
+  MAX_KERNEL_SIZE, and the kernel available."""
   return (jax.default_backend() == 'cpu' and jax.device_count() == 1 and x.dtype == jnp.float32
-          and x.ndim == 4 and available())
+          and x.ndim == 4 and kernel_size % 2 == 1 and kernel_size <= MAX_KERNEL_SIZE and available())
 
 
 @jax.custom_vjp

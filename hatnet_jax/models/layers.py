@@ -43,9 +43,9 @@ class DepthwiseConv(nn.Module):
 
   silu_around: compute SiLU(conv(SiLU(x))), the middle of HAT-Net's inverted residual.
   impl 'shift' computes the convolution as k*k shifted multiply-adds, 'conv' as a grouped XLA convolution,
-  'native' (silu_around, float32, CPU only) the whole SiLU -> conv -> SiLU as one C++ kernel with its own
+  'native' (silu_around, float32, k <= 7, CPU only) the whole SiLU -> conv -> SiLU as one C++ kernel with its own
   gradient (models/fused_depthwise.py). 'auto' takes 'native' where fused_depthwise.usable() says so (CPU,
-  one device, float32, the kernel built), else 'shift' on CPU, where XLA's grouped convolution is 5-15x
+  one device, float32, k <= 7, the kernel built), else 'shift' on CPU, where XLA's grouped convolution is 5-15x
   slower (forward and kernel gradient), and 'conv' elsewhere (cuDNN's depthwise kernels are fast). All
   give the same result up to float rounding.
   """
@@ -65,11 +65,12 @@ class DepthwiseConv(nn.Module):
       if jax.default_backend() != 'cpu':
         impl = 'conv'
       else:
-        impl = 'native' if self.silu_around and fused_depthwise.usable(x) else 'shift'
+        impl = 'native' if self.silu_around and fused_depthwise.usable(x, k) else 'shift'
     if impl == 'native':
-      if not self.silu_around or x.dtype != jnp.float32:
-        raise ValueError("depthwise impl 'native' computes SiLU(conv(SiLU(x))) in float32 only (silu_around=True, "
-                         f"dtype float32); got silu_around={self.silu_around}, dtype {x.dtype}: use 'auto'")
+      if not self.silu_around or x.dtype != jnp.float32 or k > fused_depthwise.MAX_KERNEL_SIZE:
+        raise ValueError("depthwise impl 'native' computes SiLU(conv(SiLU(x))) in float32 with kernels up to "
+                         f"{fused_depthwise.MAX_KERNEL_SIZE} only (silu_around=True); got silu_around="
+                         f"{self.silu_around}, dtype {x.dtype}, kernel size {k}: use 'auto'")
       return fused_depthwise.silu_depthwise_silu(x, kernel[:, :, 0, :])
     if self.silu_around:
       x = nn.silu(x)
