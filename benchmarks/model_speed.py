@@ -212,11 +212,12 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
   # FLOPs of one train step / one forward, with every block visible to XLA's cost analysis.
   exp_u = unrolled_experiment(su)
   unrolled, abstract_u = exp_u.model, exp_u.abstract_state
-  result['train_gflops_per_image'] = (exp_u.train_step.lower(abstract_u, batch).cost_analysis()['flops']
-                                      / global_batch / 1e9)
+  def gflops_per_image(lowered):
+    cost = lowered.cost_analysis()  # None where the backend gives no pre-compilation analysis (jax 0.11 GPU)
+    return cost['flops'] / global_batch / 1e9 if cost else None
+  result['train_gflops_per_image'] = gflops_per_image(exp_u.train_step.lower(abstract_u, batch))
   infer_u = jax.jit(lambda v, x: unrolled.apply(v, x, train=False))
-  result['infer_gflops_per_image'] = (infer_u.lower(abstract_u.variables(), images).cost_analysis()['flops']
-                                      / global_batch / 1e9)
+  result['infer_gflops_per_image'] = gflops_per_image(infer_u.lower(abstract_u.variables(), images))
 
   if 'train' in args.mode:
     t = time.perf_counter()
@@ -267,7 +268,7 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
 
   peak = _peak_tflops(args.peak_tflops)
   for kind in ('train', 'infer'):
-    if f'{kind}_images_per_s' in result:
+    if f'{kind}_images_per_s' in result and result[f'{kind}_gflops_per_image'] is not None:
       tflops = result[f'{kind}_images_per_s'] * result[f'{kind}_gflops_per_image'] / 1e3
       result[f'{kind}_tflops'] = tflops
       result[f'{kind}_mfu'] = tflops / (peak * mesh.size) if peak else None

@@ -40,7 +40,7 @@ class Attention(nn.Module):
     b, c3, h, w = qkv.shape
     g = self.grid
     hp, wp = -(-h // g) * g, -(-w // g) * g
-    valid = torch.zeros(hp, wp, dtype=torch.bool)
+    valid = torch.zeros(hp, wp, dtype=torch.bool, device=qkv.device)
     valid[:h, :w] = True
     qkv = F.pad(qkv, (0, wp - w, 0, hp - h))
     nh, nw = hp // g, wp // g
