@@ -27,7 +27,8 @@ def export_model(model, variables, image_size: int, platforms=None):
 
   if getattr(model, 'depthwise_impl', None) in ('auto', 'native'):
     # XLA's own depthwise path: the native CPU kernel is a custom call that a loaded module could not find.
-    model = model.clone(depthwise_impl='shift' if jax.default_backend() == 'cpu' else 'conv')
+    from hatnet_jax.models import layers  # pylint: disable=g-import-not-at-top
+    model = model.clone(depthwise_impl=layers.xla_depthwise_impl())
 
   def fn(images):
     return model.apply(variables, images, train=False)

@@ -38,6 +38,12 @@ def dense(features: int, *, use_bias: bool = True, dtype: Dtype, param_dtype: Dt
                    name=name)
 
 
+def xla_depthwise_impl() -> str:
+  """XLA's own depthwise path for this backend: 'shift' on CPU (its grouped convolution is 5-15x slower
+  there), 'conv' elsewhere (cuDNN's depthwise kernels are fast)."""
+  return 'shift' if jax.default_backend() == 'cpu' else 'conv'
+
+
 class DepthwiseConv(nn.Module):
   """kxk depthwise convolution, stride 1, same padding, no bias. Kernel layout (k, k, 1, C) as flax.linen.Conv.
 
@@ -62,10 +68,7 @@ class DepthwiseConv(nn.Module):
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     impl = self.impl
     if impl == 'auto':
-      if jax.default_backend() != 'cpu':
-        impl = 'conv'
-      else:
-        impl = 'native' if self.silu_around and fused_depthwise.usable(x, k) else 'shift'
+      impl = 'native' if self.silu_around and fused_depthwise.usable(x, k) else xla_depthwise_impl()
     if impl == 'native':
       if not self.silu_around or x.dtype != jnp.float32 or k > fused_depthwise.MAX_KERNEL_SIZE:
         raise ValueError("depthwise impl 'native' computes SiLU(conv(SiLU(x))) in float32 with kernels up to "
