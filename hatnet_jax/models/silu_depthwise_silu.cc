@@ -14,57 +14,22 @@
 // Determinism: work is split into fixed (image, band) chunks whatever the thread count, and the kernel
 // gradient's per-chunk partial sums are added in chunk order, so results are bitwise reproducible.
 #include <algorithm>
-#include <atomic>
-#include <bit>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <mutex>
 #include <type_traits>
 #include <vector>
 
+#include "cpu_kernels.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// Channels go in vectors of kLanes floats (GCC vector extensions: one AVX-512 register, or two or four
-// narrower ones elsewhere) so that the k*k taps of a position accumulate in registers; a channel tail
-// that does not fill a vector takes the scalar path.
-constexpr int64_t kLanes = 16;
+// Channels go in vectors of kLanes floats so that the k*k taps of a position accumulate in registers; a
+// channel tail that does not fill a vector takes the scalar path.
 constexpr int64_t kMaxK = 7;
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float))));
-typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t)), aligned(sizeof(int32_t))));
-
-inline Vec Load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(v)); }
-inline float Pow2(float n) { return std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23); }
-inline Vec Pow2(Vec n) { return reinterpret_cast<Vec>((__builtin_convertvector(n, VecI) + 127) << 23); }
-
-// exp(x) for float32 without libm (so that it vectorises): n = round(x / ln 2) (adding and subtracting
-// 1.5 * 2^23 rounds to the nearest integer), r = x - n ln 2 (Cody-Waite), exp(r) by its degree-6 Taylor
-// polynomial (relative error < 1e-7 for |r| <= ln2 / 2), times 2^n built in the exponent bits.
-template <typename T>
-inline T Exp(T x) {
-  x = x < -87.0f ? T{} - 87.0f : x;
-  x = x > 88.0f ? T{} + 88.0f : x;
-  const T n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const T r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  T p = T{} + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  return p * Pow2(n);
-}
+using namespace hatnet_native;
 
 template <typename T>
 inline T Sigmoid(T x) { return 1.0f / (1.0f + Exp(-x)); }
@@ -215,33 +180,6 @@ void BackwardChunk(const Geometry& g, const float* x, const float* kernel, const
       Put(out + xx * c + ch, da1 * SiluGrad(Get<T>(h1 + xx * c + ch)));
     });
   }
-}
-
-// Runs fn(0..n-1) on the calling thread and the XLA thread pool; returns when all have finished. Helpers
-// that start after the work is gone find nothing to do; the shared state outlives this call for them.
-template <typename Fn>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, Fn fn) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto state = std::make_shared<State>();
-  auto* fn_ptr = &fn;  // used only while chunks remain, i.e. before this call returns
-  auto work = [state, fn_ptr, n]() {
-    for (int64_t i; (i = state->next.fetch_add(1)) < n;) {
-      (*fn_ptr)(i);
-      if (state->done.fetch_add(1) + 1 == n) {
-        { std::lock_guard<std::mutex> lock(state->mu); }
-        state->cv.notify_all();
-      }
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));
-  work();
-  std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->done.load() == n; });
 }
 
 ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& kernel, Geometry& g) {

@@ -1,0 +1,107 @@
+"""Builds and registers the native CPU kernels (the *.cc files beside this module) as XLA FFI targets.
+
+Each kernel is compiled on first use with the system C++ compiler (`$CXX`, else g++) against the XLA FFI
+headers that jaxlib ships, for this CPU (-march=native), into a cache directory keyed by the sources, the
+compiler, jaxlib and the CPU's flags: $HATNET_JAX_NATIVE_CACHE, else $XDG_CACHE_HOME/hatnet_jax, else
+~/.cache/hatnet_jax. Without a compiler, with HATNET_JAX_NATIVE=0, or if the build fails, `load` returns
+the reason and the callers take XLA's path instead.
+"""
+import functools
+import glob
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+
+import jax
+import jaxlib
+
+_DIR = os.path.dirname(os.path.abspath(__file__))
+_FLAGS = ('-O3', '-march=native', '-std=c++20', '-shared', '-fPIC', '-fno-math-errno')
+
+
+def cache_dir() -> str:
+  """Where the compiled kernels are kept (see the module docstring)."""
+  if os.environ.get('HATNET_JAX_NATIVE_CACHE'):
+    return os.environ['HATNET_JAX_NATIVE_CACHE']
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'hatnet_jax')
+
+
+def _cpu_flags() -> str:
+  """The CPU's feature flags: a library built with -march=native must not be reused on another CPU."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith(('flags', 'Features')):
+          return line
+  except OSError:
+    pass
+  return platform.processor() + platform.machine()
+
+
+def _build(compiler: str, name: str) -> str:
+  """Compiles `name`.cc unless the cache already holds this build; returns the library's path."""
+  version = subprocess.run([compiler, '--version'], capture_output=True, text=True, check=True).stdout
+  source = os.path.join(_DIR, f'{name}.cc')
+  parts = []
+  for path in [source, *sorted(glob.glob(os.path.join(_DIR, '*.h')))]:  # the shared header counts too
+    with open(path, 'rb') as f:
+      parts.append(f.read())
+  key = hashlib.sha256(b'\0'.join([*parts, version.encode(), jaxlib.__version__.encode(), _cpu_flags().encode(),
+                                    ' '.join(_FLAGS).encode()])).hexdigest()[:16]
+  directory = cache_dir()
+  path = os.path.join(directory, f'{name}-{key}.so')
+  if os.path.exists(path):
+    return path
+  os.makedirs(directory, exist_ok=True)
+  # Built under a temporary name and renamed: processes starting together (multi-host) never load a
+  # half-written library.
+  fd, tmp = tempfile.mkstemp(suffix='.so', dir=directory)
+  os.close(fd)
+  try:
+    cmd = [compiler, *_FLAGS, '-I', jax.ffi.include_dir(), '-I', _DIR, source, '-o', tmp]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode:
+      raise RuntimeError(f'{" ".join(cmd)} failed:\n{result.stderr[-2000:]}')
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+@functools.lru_cache(maxsize=None)
+def load(name: str, targets: tuple[tuple[str, str], ...], what: str) -> str | None:
+  """Builds `name`.cc, loads it and registers each (XLA target, exported symbol) once per process.
+
+  Returns None on success, else why the kernel is unavailable (also logged as a warning, naming `what`).
+  """
+  if os.environ.get('HATNET_JAX_NATIVE', '1') == '0':
+    return 'disabled by HATNET_JAX_NATIVE=0'
+  compiler = shutil.which(os.environ.get('CXX', 'g++'))
+  if compiler is None:
+    return f'no C++ compiler ({os.environ.get("CXX", "g++")!r} not found; set $CXX)'
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    start = time.perf_counter()
+    path = _build(compiler, name)
+    library = ctypes.cdll.LoadLibrary(path)
+    for target, symbol in targets:
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu')
+  except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
+    logging.warning('The native %s kernel is unavailable, using XLA\'s path: %s', what, e)
+    return str(e)
+  logging.info('Native CPU kernel %s: %s (%.1f s to build or load)', what, path, time.perf_counter() - start)
+  return None
+
+
+def single_cpu_float32(*arrays) -> bool:
+  """Where the kernels apply: the CPU backend with one device (the custom calls have no partitioning rule,
+  so a batch sharded over several devices would be gathered onto one) and float32 operands."""
+  return (jax.default_backend() == 'cpu' and jax.device_count() == 1
+          and all(a.dtype == jax.numpy.float32 for a in arrays))
