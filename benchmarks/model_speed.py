@@ -140,12 +140,16 @@ def setup(args, dtype: str, remat: bool, attention_impl: str, per_device: int) -
 
 def unrolled_experiment(setup_: types.SimpleNamespace) -> experiment.Experiment:
   """The same experiment with config.model.unroll (every block visible to XLA's cost analysis) and, on CPU,
-  XLA's depthwise path: the native kernel is a custom call, whose FLOPs and bytes XLA does not count."""
+  XLA's depthwise and attention paths: the native kernels are custom calls, whose FLOPs and bytes XLA does
+  not count."""
   config_u = setup_.config.copy_and_resolve_references()
   with config_u.unlocked():
     config_u.model.unroll = True
-    if jax.default_backend() == 'cpu' and config_u.model.get('depthwise_impl', 'auto') in ('auto', 'native'):
-      config_u.model.depthwise_impl = 'shift'
+    if jax.default_backend() == 'cpu':
+      if config_u.model.get('depthwise_impl', 'auto') in ('auto', 'native'):
+        config_u.model.depthwise_impl = 'shift'
+      if config_u.model.get('attention_impl', '') in ('', 'native'):
+        config_u.model.attention_impl = 'xla'
   return experiment.Experiment.create(config_u, mesh=setup_.mesh, facts=setup_.facts)
 
 
@@ -384,7 +388,7 @@ def main(argv=None):
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--dtype', default='float32', help='comma-separated: float32,bfloat16')
   parser.add_argument('--mode', default='train,infer', help='train, infer or both (comma-separated)')
-  parser.add_argument('--attention_impl', default='', help="comma-separated: '' (JAX chooses), xla, cudnn")
+  parser.add_argument('--attention_impl', default='', help="comma-separated: '' (the default: native CPU kernels on one CPU device, else JAX chooses), native, xla, cudnn")
   parser.add_argument('--remat', default='0', help='comma-separated 0/1')
   parser.add_argument('--warmup', type=int, default=1, help='untimed steps after compilation')
   parser.add_argument('--repeats', type=int, default=3, help='timed repetitions (median, min, max)')

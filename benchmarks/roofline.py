@@ -16,9 +16,9 @@
    and bytes accessed come from XLA's cost analysis of the same step with the stages unrolled (XLA counts
    a scan body once): by default of the compiled (fused) unrolled step, one extra compilation that is
    never run; with --skip_fused_bytes of the lowered one, whose bytes count every unfused HLO op's
-   operands and result (an over-count). On CPU that counted step takes XLA's depthwise path (XLA does not
-   count the native kernel's custom call): the FLOPs are the timed step's, its bytes an over-count of
-   what the native kernel moves. Then: achieved GFLOP/s and GB/s, arithmetic intensity
+   operands and result (an over-count). On CPU that counted step takes XLA's depthwise and attention paths
+   (XLA does not count the native kernels' custom calls): the FLOPs are the timed step's, its bytes an
+   over-count of what the native kernels move. Then: achieved GFLOP/s and GB/s, arithmetic intensity
    (flops/byte), the roofline ceiling min(peak, intensity * bandwidth) and the fraction of peak.
 3. Which ops bound it (unless --skip_profile): one step under jax.profiler.trace; the kernels are the
    trace's events of the step's HLO module (XLA's CPU thread pool lines, and the calling thread's)
@@ -221,7 +221,8 @@ class HloIndex:
     for c in ins.calls:
       ops |= self.opcodes(c)
     target = ins.custom_target.lower()
-    if ops & {'dot', 'convolution'} or any(k in target for k in ('matmul', 'conv', 'gemm', 'dot')):
+    # The native attention kernels are batched products with their softmax in between: matmul work.
+    if ops & {'dot', 'convolution'} or any(k in target for k in ('matmul', 'conv', 'gemm', 'dot', 'attention')):
       return COMPUTE
     if ops & {'reduce', 'reduce-window', 'select-and-scatter'}:
       return 'reduction'

@@ -33,7 +33,9 @@ def get_config():
   # compiles: small 48.4 -> 33.5-34.4 s (step 7.1 vs 7.3 s), large 48.7 -> 37.0 s (step 19.9 s both);
   # the 18/27-block stage 3 of medium/large stays one loop (BENCHMARKS.md).
   c.model.unroll = 6
-  c.model.attention_impl = ''  # '' lets JAX choose; 'xla' or 'cudnn' (flash attention on GPU) forces one
+  # '': the native CPU kernels on one CPU device in float32, else JAX chooses; 'native', 'xla' or 'cudnn'
+  # (flash attention on GPU) forces one.
+  c.model.attention_impl = ''
 
   # ---- Mixup/CutMix + label smoothing, in the train step: hatnet_jax.data.mixup.mix_batch(**config.mixup) ----
   c.mixup = ml_collections.ConfigDict()

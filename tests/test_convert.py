@@ -7,7 +7,7 @@ import pytest
 
 from tests.param_counts import PARAM_COUNTS
 from hatnet_jax import convert, models
-from hatnet_jax.models import fused_depthwise
+from hatnet_jax.models import fused_attention, fused_depthwise
 
 torch = pytest.importorskip('torch', reason='torch (CPU build) is needed for the parity tests; '
                                             'pip install -r requirements.txt installs it')
@@ -40,20 +40,25 @@ def test_logits_match_pytorch_at_224(name):
   # device 'auto' takes the native SiLU-depthwise-SiLU kernel; this process has 8, so ask for it here (the
   # other tests take XLA's path).
   impl = 'native' if fused_depthwise.available() else 'auto'
-  ref, out, ref_feats, feats = _run_both(net, params, models.create(name, unroll=6, depthwise_impl=impl), x)
+  attention = 'native' if fused_attention.available() else ''
+  model = models.create(name, unroll=6, depthwise_impl=impl, attention_impl=attention)
+  ref, out, ref_feats, feats = _run_both(net, params, model, x)
   assert np.abs(ref).max() > 0.1  # the comparison is not between two near-zero outputs
   np.testing.assert_array_less(np.abs(out - ref).max(), 1e-4)
   for a, b in zip(feats, ref_feats):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize('size', [100, 200])
-def test_non_divisible_sizes_match_pytorch_reference(size):
+# Partial windows at 100 px (stages 1-2) and 200 px (stages 1-3), on XLA's masked path and in the native kernels.
+@pytest.mark.parametrize('size,attention', [(100, 'xla'), (200, 'native')])
+def test_non_divisible_sizes_match_pytorch_reference(size, attention):
   """The padding/masking semantics agree with the PyTorch reference's (written separately)."""
+  if attention == 'native' and not fused_attention.available():
+    pytest.skip(f'native attention unavailable: {fused_attention.unavailable_reason()}')
   net = _torch_model('hatnet_tiny', num_classes=10)
   params = convert.from_pytorch(net.state_dict(), 'hatnet_tiny')
   x = np.random.RandomState(1).randn(2, 3, size, size).astype(np.float32)
-  ref, out, _, _ = _run_both(net, params, models.create('hatnet_tiny', num_classes=10), x)
+  ref, out, _, _ = _run_both(net, params, models.create('hatnet_tiny', num_classes=10, attention_impl=attention), x)
   np.testing.assert_array_less(np.abs(out - ref).max(), 1e-4)
 
 

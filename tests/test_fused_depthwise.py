@@ -1,11 +1,6 @@
 """The native SiLU -> depthwise -> SiLU CPU kernel (hatnet_jax/models/fused_depthwise.py): values and gradients
-against XLA's path, bitwise determinism, vmap, the model with it, 'auto' on one device, and the fallback
-when it cannot be built."""
-import os
-import subprocess
-import sys
-import textwrap
-
+against XLA's path, bitwise determinism, vmap and the model with it (tests/test_native.py: where 'auto'
+takes it, and the fallbacks)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +8,6 @@ import pytest
 
 from hatnet_jax import models
 from hatnet_jax.models import fused_depthwise, layers
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(not fused_depthwise.available(),
                                 reason=f'native kernel unavailable: {fused_depthwise.unavailable_reason()}')
@@ -84,46 +77,3 @@ def test_native_needs_silu_around_and_float32():
   with pytest.raises(ValueError, match='kernel size 9'):
     layers.DepthwiseConv(9, impl='native', silu_around=True).init(jax.random.key(0), x)
   assert not fused_depthwise.usable(x, 9)  # an explicit error above, XLA's path under 'auto'
-
-
-def _python(code, **env):
-  full = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu', **env)
-  out = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], env=full, cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out.stdout
-
-
-_HLO = """
-    import jax, jax.numpy as jnp
-    from hatnet_jax.models import fused_depthwise, layers
-    module = layers.DepthwiseConv(3, silu_around=True)  # impl 'auto'
-    x = jnp.zeros((1, 8, 8, 16))
-    v = module.init(jax.random.key(0), x)
-    text = jax.jit(jax.value_and_grad(lambda v, x: module.apply(v, x).sum())).lower(v, x).as_text()
-    print('usable', fused_depthwise.usable(x, 3), 'reason', fused_depthwise.unavailable_reason())
-    print('calls', text.count('hatnet_silu_depthwise_silu_fwd'), text.count('hatnet_silu_depthwise_silu_bwd'))
-    """
-
-
-def test_auto_takes_the_kernel_on_one_cpu_device():
-  out = _python(_HLO)
-  assert 'usable True reason None' in out
-  assert 'calls 1 1' in out
-
-
-@pytest.mark.parametrize('env,reason', [({'HATNET_JAX_NATIVE': '0'}, 'disabled by HATNET_JAX_NATIVE=0'),
-                                        ({'CXX': '/nonexistent/c++'}, "no C++ compiler ('/nonexistent/c++' not found")])
-def test_without_the_kernel_auto_takes_xla_path(env, reason):
-  out = _python(_HLO, **env)
-  assert f'usable False reason {reason}' in out
-  assert 'calls 0 0' in out
-
-
-def test_a_failed_build_says_why_and_falls_back(tmp_path):
-  compiler = tmp_path / 'broken-c++'
-  compiler.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo broken 1.0; exit 0; fi\n'
-                      'echo "error: no such thing" >&2; exit 1\n')
-  compiler.chmod(0o755)
-  out = _python(_HLO, CXX=str(compiler), HATNET_JAX_NATIVE_CACHE=str(tmp_path / 'cache'))
-  assert 'usable False' in out and 'error: no such thing' in out and 'calls 0 0' in out

@@ -62,7 +62,8 @@ def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, d
   counts every block of an unrolled stage).
   head_drop_rate: dropout before the classifier / conv_seg; None takes the family's default (0.2 for
   the classifier as the official model, 0.1 for Semantic FPN as mmseg).
-  attention_impl: None/'' (JAX chooses), 'xla', or 'cudnn' (flash attention on GPU).
+  attention_impl: None/'' (the native CPU kernels on one CPU device in float32, else JAX chooses),
+  'native' (those kernels), 'xla', or 'cudnn' (flash attention on GPU).
   """
   variant_name, cls = family(name)
   # Fields of the family's own module (e.g. SemanticFPN's neck_channels) go to it, the rest to the variant.
@@ -73,8 +74,8 @@ def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, d
   if not all(0.0 <= r < 1.0 for r in rates):
     raise ValueError(f'drop rates must lie in [0, 1); got drop_path_rate={drop_path_rate}, '
                      f'drop_rate={drop_rate}, head_drop_rate={head_drop_rate}')
-  if attention_impl not in (None, '', 'xla', 'cudnn'):
-    raise ValueError(f"attention_impl must be '', 'xla' or 'cudnn'; got {attention_impl!r}")
+  if attention_impl not in (None, '', 'native', 'xla', 'cudnn'):
+    raise ValueError(f"attention_impl must be '', 'native', 'xla' or 'cudnn'; got {attention_impl!r}")
   return cls(variant, num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate, **head,
              remat=remat, unroll=unroll, attention_impl=attention_impl or None, depthwise_impl=depthwise_impl,
              dtype=_dtype(dtype, 'dtype'), param_dtype=_dtype(param_dtype, 'param_dtype'), **own)

@@ -9,7 +9,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from hatnet_jax.models import layers
+from hatnet_jax.models import fused_attention, layers
+
+
+def native_attention(impl: str | None, *arrays) -> bool:
+  """Whether `impl` (HMHSA.attention_impl) runs these operands through the native CPU kernels
+  (models/fused_attention.py): None ('' in configs) takes them where they apply (one CPU device, float32),
+  'native' insists (on several devices a sharded batch is gathered onto one), 'xla' and 'cudnn' never do."""
+  if impl == 'native':
+    reason = fused_attention.unavailable_reason()
+    if reason is None and any(a.dtype != jnp.float32 for a in arrays):
+      reason = f'they compute in float32, got {sorted({str(a.dtype) for a in arrays})}'
+    if reason is not None or jax.default_backend() != 'cpu':
+      reason = reason or f'they run on the CPU backend, not {jax.default_backend()}'
+      raise ValueError(f"attention_impl 'native' cannot run here: {reason}. Use attention_impl '' or 'xla'.")
+    return True
+  return impl is None and fused_attention.usable(*arrays)
 
 
 def _attend(q, k, v, mask, impl):
@@ -59,6 +74,8 @@ def local_attention(qkv, num_heads: int, grid: int, impl=None, force_mask: bool 
   mask = _window_mask(h, w, grid)
   if force_mask and mask is None:
     mask = np.ones(((hp // grid) * (wp // grid), grid * grid), bool)
+  if not return_weights and native_attention(impl, qkv):
+    return fused_attention.window_attention(qkv, num_heads, (grid, grid))  # partial windows: same semantics
   qkv = jnp.pad(qkv, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
   nh, nw = hp // grid, wp // grid
   win = qkv.reshape(b, nh, grid, nw, grid, c3).transpose(0, 1, 3, 2, 4, 5)
@@ -88,6 +105,9 @@ class HMHSA(nn.Module):
     out    = dropout(proj(y_glob + xg))
   With G == 1: out = dropout(proj(MHSA(qkv(GN(x))))), plain attention over all tokens.
   Any H, W work: see `local_attention` and `layers.avg_pool` for the semantics when G or r do not divide.
+
+  attention_impl: None takes the native CPU kernels (models/fused_attention.py) where they apply (one CPU
+  device, float32) and lets JAX choose elsewhere; 'native', 'xla' or 'cudnn' force one.
 
   sow_attention (attention maps, `hatnet_jax.attention_maps`): compute the attention with an explicit
   softmax (same math as the fused jax.nn.dot_product_attention) and sow the weights into the
@@ -126,11 +146,18 @@ class HMHSA(nn.Module):
       else:
         y = local_attention(qkv, heads, self.grid_size, self.attention_impl, self.force_mask)
       xg = norm('grid_norm')(x + y)
-      q = dense(c, 'q')(xg).reshape(b, h * w, heads, self.head_dim)
+      q = dense(c, 'q')(xg).reshape(b, h * w, c)
       pooled = norm('ds_norm')(layers.avg_pool(xg, self.ds_ratio))
-      kv = dense(2 * c, 'kv')(pooled).reshape(b, -1, 2, heads, self.head_dim)
-      y = attend(q, kv[:, :, 0], kv[:, :, 1], None, self.attention_impl).reshape(b, h, w, c)
-      y = y + xg
+      kv = dense(2 * c, 'kv')(pooled)
+      kv = kv.reshape(b, kv.shape[1] * kv.shape[2], 2 * c)
+      if not self.sow_attention and native_attention(self.attention_impl, q, kv):
+        y = fused_attention.global_attention(q, kv, heads)
+      else:
+        kv = kv.reshape(b, -1, 2, heads, self.head_dim)
+        y = attend(q.reshape(b, h * w, heads, self.head_dim), kv[:, :, 0], kv[:, :, 1], None, self.attention_impl)
+      y = y.reshape(b, h, w, c) + xg
+    elif not self.sow_attention and native_attention(self.attention_impl, qkv):
+      y = fused_attention.window_attention(qkv, heads, (h, w))  # one window: plain MHSA over all tokens
     else:
       qkv = qkv.reshape(b, h * w, 3, heads, self.head_dim)
       y = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], None, self.attention_impl).reshape(b, h, w, c)
