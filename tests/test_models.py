@@ -45,7 +45,9 @@ def micro():
   return model, params, x, apply
 
 
-@pytest.mark.parametrize('name', sorted(PARAM_COUNTS))
+# medium and large trace for ~20-45 s each: in the slow suite.
+@pytest.mark.parametrize('name', [n if n in ('hatnet_tiny', 'hatnet_small') else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(PARAM_COUNTS)])
 def test_parameter_counts_and_shapes(name):
   model = models.create(name, num_classes=1000)
   x = jnp.zeros((2, 224, 224, 3))
@@ -106,6 +108,7 @@ def test_drop_path_rates_apply_per_block():
   np.testing.assert_allclose(train, one, atol=1e-5)
 
 
+@pytest.mark.slow  # ~25 s; the default suite keeps the unrolled-stage check of the same kind
 def test_remat_gives_the_same_gradients():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
   variables = _stage((0.0, 0.1)).init(jax.random.key(1), x, train=False)

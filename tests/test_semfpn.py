@@ -139,6 +139,7 @@ def test_from_mmseg_maps_every_kind_of_key(micro_pair):
   assert 'head' not in p['backbone']
 
 
+@pytest.mark.slow  # ~35 s
 def test_from_mmseg_lists_all_mismatches(micro_pair):
   net, _ = micro_pair
   sd = {k: v.numpy() for k, v in net.state_dict().items()}

@@ -190,6 +190,7 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_restore
   mngr.close()
 
 
+@pytest.mark.slow  # ~30 s
 def test_a_classifier_checkpoint_loads_into_a_segmentation_backbone(tmp_path):
   from hatnet_jax import convert, models  # pylint: disable=g-import-not-at-top
   small = dict(dims=(8, 16), head_dim=8, depths=(1, 1), expansions=(2, 2), grid_sizes=(2, 1), ds_ratios=(2, 1),
