@@ -96,32 +96,53 @@ struct Task {
   float scale;
 };
 
-// The task's scratch: dense copies padded to whole vectors (dp = d rounded up, sp = s rounded up).
+// The task's scratch: dense copies padded to whole vectors (dp = d rounded up, sp = s rounded up). Padded
+// channels stay zero: they are zeroed when the buffers are (re)made for a new (d, sp) and products write
+// them only with sums of zeros. Keys past s are never read (transposed copies zero those columns).
 struct Scratch {
   std::vector<float> k, kt, v, vt, q, p, o, dp, dk, dv;
-  void Resize(const Task& task) {
-    const int64_t dp_ = RoundUp(task.d), sp = RoundUp(task.s);
-    for (auto* buf : {&k, &v, &dk, &dv}) buf->assign(task.s * dp_, 0.0f);
+  int64_t d = -1, sp = -1;
+  void Prepare(const Task& task) {
+    if (task.d == d && RoundUp(task.s) == sp) return;
+    d = task.d;
+    sp = RoundUp(task.s);
+    const int64_t dp_ = RoundUp(d), s_ = sp;  // room for sp keys, so that a task with more keys (< sp) fits
+    for (auto* buf : {&k, &v, &dk, &dv}) buf->assign(s_ * dp_, 0.0f);
     for (auto* buf : {&kt, &vt}) buf->assign(dp_ * sp, 0.0f);
     for (auto* buf : {&q, &o}) buf->assign(kQueryBlock * dp_, 0.0f);
     for (auto* buf : {&p, &dp}) buf->assign(kQueryBlock * sp, 0.0f);
   }
 };
 
-// rows x d values at base + offsets[i] -> dense (rows x dp), and optionally transposed (dp x sp).
+inline void CopyRow(float* dst, const float* src, int64_t n) {
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) Store(dst + c, Load(src + c));
+  for (; c < n; ++c) dst[c] = src[c];
+}
+
+// rows x d values at base + offsets[i] -> dense (rows x dp), and optionally transposed (dp x sp, columns
+// from rows on zeroed; written a row at a time, so that its stores are contiguous).
 void Gather(const float* base, const int64_t* offsets, int64_t rows, int64_t d, int64_t dp, float* dense,
             float* transposed, int64_t sp) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* src = base + offsets[i];
-    std::memcpy(dense + i * dp, src, d * sizeof(float));
-    if (transposed != nullptr) {
-      for (int64_t c = 0; c < d; ++c) transposed[c * sp + i] = src[c];
-    }
+  for (int64_t i = 0; i < rows; ++i) CopyRow(dense + i * dp, base + offsets[i], d);
+  if (transposed == nullptr) return;
+  for (int64_t c = 0; c < d; ++c) {
+    float* out = transposed + c * sp;
+    const float* column = base + c;
+    for (int64_t i = 0; i < rows; ++i) out[i] = column[offsets[i]];
+    std::fill(out + rows, out + sp, 0.0f);
   }
 }
 
 void Scatter(const float* dense, int64_t dp, const int64_t* offsets, int64_t rows, int64_t d, float* base) {
-  for (int64_t i = 0; i < rows; ++i) std::memcpy(base + offsets[i], dense + i * dp, d * sizeof(float));
+  for (int64_t i = 0; i < rows; ++i) CopyRow(base + offsets[i], dense + i * dp, d);
+}
+
+// 0, 1, ..., kLanes - 1.
+inline Vec Lane() {
+  Vec v;
+  for (int64_t i = 0; i < kLanes; ++i) v[i] = static_cast<float>(i);
+  return v;
 }
 
 inline float Sum(Vec v) {
@@ -145,11 +166,15 @@ void Probabilities(const Task& task, Scratch& w, int64_t rows) {
     }
     float m = top[0];
     for (int64_t l = 1; l < kLanes; ++l) m = std::max(m, top[l]);
-    // exp(scale * (score - max)): the scale is folded in (it is positive, so the maximum is the same).
-    for (int64_t j = 0; j < sp; j += kLanes) Store(row + j, Exp(task.scale * (Load(row + j) - m)));
-    for (int64_t j = task.s; j < sp; ++j) row[j] = 0.0f;
+    // exp(scale * (score - max)): the scale is folded in (it is positive, so the maximum is the same). The
+    // padded keys' exp (of -inf, clamped by Exp) is masked to zero.
     Vec sum{};
-    for (int64_t j = 0; j < sp; j += kLanes) sum += Load(row + j);
+    for (int64_t j = 0; j < sp; j += kLanes) {
+      Vec e = Exp(task.scale * (Load(row + j) - m));
+      if (j + kLanes > task.s) e = Lane() < static_cast<float>(task.s - j) ? e : Vec{};
+      Store(row + j, e);
+      sum += e;
+    }
     const float inv = 1.0f / Sum(sum);
     for (int64_t j = 0; j < sp; j += kLanes) Store(row + j, Load(row + j) * inv);
   }
@@ -157,7 +182,7 @@ void Probabilities(const Task& task, Scratch& w, int64_t rows) {
 
 void ForwardTask(const Task& task, float* out, Scratch& w) {
   const int64_t dp = RoundUp(task.d), sp = RoundUp(task.s);
-  w.Resize(task);
+  w.Prepare(task);
   Gather(task.k, task.koff, task.s, task.d, dp, w.k.data(), w.kt.data(), sp);
   Gather(task.v, task.koff, task.s, task.d, dp, w.v.data(), nullptr, 0);
   for (int64_t i0 = 0; i0 < task.t; i0 += kQueryBlock) {
@@ -172,7 +197,9 @@ void ForwardTask(const Task& task, float* out, Scratch& w) {
 // dq, dk, dv (in the layouts of q, k, v: offsets qoff, koff) from the incoming gradient dout (layout ooff).
 void BackwardTask(const Task& task, const float* dout, float* dq, float* dk, float* dv, Scratch& w) {
   const int64_t dp = RoundUp(task.d), sp = RoundUp(task.s);
-  w.Resize(task);
+  w.Prepare(task);
+  std::fill(w.dk.begin(), w.dk.begin() + task.s * dp, 0.0f);
+  std::fill(w.dv.begin(), w.dv.begin() + task.s * dp, 0.0f);
   Gather(task.k, task.koff, task.s, task.d, dp, w.k.data(), w.kt.data(), sp);
   Gather(task.v, task.koff, task.s, task.d, dp, w.v.data(), w.vt.data(), sp);
   for (int64_t i0 = 0; i0 < task.t; i0 += kQueryBlock) {
