@@ -140,7 +140,7 @@ def setup(args, dtype: str, remat: bool, attention_impl: str, per_device: int) -
 
 def unrolled_experiment(setup_: types.SimpleNamespace) -> experiment.Experiment:
   """The same experiment with config.model.unroll (every block visible to XLA's cost analysis) and, on CPU,
-  XLA's depthwise and attention paths: the native kernels are custom calls, whose FLOPs and bytes XLA does
+  XLA's depthwise, attention and GroupNorm paths: the native kernels are custom calls, whose FLOPs and bytes XLA does
   not count."""
   config_u = setup_.config.copy_and_resolve_references()
   with config_u.unlocked():
@@ -150,6 +150,8 @@ def unrolled_experiment(setup_: types.SimpleNamespace) -> experiment.Experiment:
         config_u.model.depthwise_impl = 'shift'
       if config_u.model.get('attention_impl', '') in ('', 'native'):
         config_u.model.attention_impl = 'xla'
+      if config_u.model.get('norm_impl', 'auto') in ('auto', 'native'):
+        config_u.model.norm_impl = 'xla'
   return experiment.Experiment.create(config_u, mesh=setup_.mesh, facts=setup_.facts)
 
 

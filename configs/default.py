@@ -36,6 +36,11 @@ def get_config():
   # '': the native CPU kernels on one CPU device in float32, else JAX chooses; 'native', 'xla' or 'cudnn'
   # (flash attention on GPU) forces one.
   c.model.attention_impl = ''
+  # 'auto': on one CPU device in float32, the native CPU kernels of the inverted residual's
+  # SiLU -> depthwise -> SiLU and of GroupNorm (hatnet_jax/models/*.cc); XLA's paths elsewhere, or with
+  # depthwise_impl 'shift'/'conv' and norm_impl 'xla'.
+  c.model.depthwise_impl = 'auto'
+  c.model.norm_impl = 'auto'
 
   # ---- Mixup/CutMix + label smoothing, in the train step: hatnet_jax.data.mixup.mix_batch(**config.mixup) ----
   c.mixup = ml_collections.ConfigDict()

@@ -33,6 +33,8 @@ def export_model(model, variables, image_size: int, platforms=None):
     xla_paths['depthwise_impl'] = layers.xla_depthwise_impl()
   if hasattr(model, 'attention_impl') and model.attention_impl in (None, 'native'):
     xla_paths['attention_impl'] = 'xla'  # what JAX's None chooses
+  if getattr(model, 'norm_impl', None) in ('auto', 'native'):
+    xla_paths['norm_impl'] = 'xla'
   model = model.clone(**xla_paths)
 
   def fn(images):

@@ -7,7 +7,7 @@ import pytest
 
 from tests.param_counts import PARAM_COUNTS
 from hatnet_jax import convert, models
-from hatnet_jax.models import fused_attention, fused_depthwise
+from hatnet_jax.models import fused_attention, fused_depthwise, fused_group_norm
 
 torch = pytest.importorskip('torch', reason='torch (CPU build) is needed for the parity tests; '
                                             'pip install -r requirements.txt installs it')
@@ -37,11 +37,12 @@ def test_logits_match_pytorch_at_224(name):
   params = convert.from_pytorch(net.state_dict(), name)
   x = np.random.RandomState(0).randn(1, 3, 224, 224).astype(np.float32)
   # unroll=6: the trainer's default (configs/default.py); the scanned stages are checked below. On one CPU
-  # device 'auto' takes the native SiLU-depthwise-SiLU kernel; this process has 8, so ask for it here (the
-  # other tests take XLA's path).
+  # device the defaults take the native kernels (depthwise, attention, GroupNorm); this process has 8, so
+  # ask for them here (the other tests take XLA's paths).
   impl = 'native' if fused_depthwise.available() else 'auto'
   attention = 'native' if fused_attention.available() else ''
-  model = models.create(name, unroll=6, depthwise_impl=impl, attention_impl=attention)
+  norm = 'native' if fused_group_norm.available() else 'auto'
+  model = models.create(name, unroll=6, depthwise_impl=impl, attention_impl=attention, norm_impl=norm)
   ref, out, ref_feats, feats = _run_both(net, params, model, x)
   assert np.abs(ref).max() > 0.1  # the comparison is not between two near-zero outputs
   np.testing.assert_array_less(np.abs(out - ref).max(), 1e-4)
@@ -50,15 +51,18 @@ def test_logits_match_pytorch_at_224(name):
 
 
 # Partial windows at 100 px (stages 1-2) and 200 px (stages 1-3), on XLA's masked path and in the native kernels.
-@pytest.mark.parametrize('size,attention', [(100, 'xla'), (200, 'native')])
-def test_non_divisible_sizes_match_pytorch_reference(size, attention):
+@pytest.mark.parametrize('size,kernels', [(100, 'xla'), (200, 'native')])
+def test_non_divisible_sizes_match_pytorch_reference(size, kernels):
   """The padding/masking semantics agree with the PyTorch reference's (written separately)."""
-  if attention == 'native' and not fused_attention.available():
-    pytest.skip(f'native attention unavailable: {fused_attention.unavailable_reason()}')
+  impls = dict(attention_impl='xla', depthwise_impl='shift', norm_impl='xla')
+  if kernels == 'native':
+    if not (fused_attention.available() and fused_depthwise.available() and fused_group_norm.available()):
+      pytest.skip(f'native kernels unavailable: {fused_attention.unavailable_reason()}')
+    impls = dict(attention_impl='native', depthwise_impl='native', norm_impl='native')
   net = _torch_model('hatnet_tiny', num_classes=10)
   params = convert.from_pytorch(net.state_dict(), 'hatnet_tiny')
   x = np.random.RandomState(1).randn(2, 3, size, size).astype(np.float32)
-  ref, out, _, _ = _run_both(net, params, models.create('hatnet_tiny', num_classes=10, attention_impl=attention), x)
+  ref, out, _, _ = _run_both(net, params, models.create('hatnet_tiny', num_classes=10, **impls), x)
   np.testing.assert_array_less(np.abs(out - ref).max(), 1e-4)
 
 

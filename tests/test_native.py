@@ -1,5 +1,5 @@
 """The native CPU kernels' build and choice (hatnet_jax/models/native.py): on one CPU device the defaults take
-both kernels (SiLU -> depthwise -> SiLU, softmax attention); without them (HATNET_JAX_NATIVE=0, no compiler,
+every kernel (SiLU -> depthwise -> SiLU, softmax attention, GroupNorm); without them (HATNET_JAX_NATIVE=0, no compiler,
 a failing build) they say why and XLA's paths run. Each case runs in a fresh one-device process."""
 import os
 import subprocess
@@ -21,33 +21,36 @@ def _python(code, **env):
 
 _HLO = """
     import jax, jax.numpy as jnp
-    from hatnet_jax.models import attention, fused_attention, fused_depthwise, layers
+    from hatnet_jax.models import attention, fused_attention, fused_depthwise, fused_group_norm, layers
     x = jnp.zeros((1, 8, 8, 16))
     modules = (('DepthwiseConv', layers.DepthwiseConv(3, silu_around=True), {}),  # impl 'auto'
-               ('HMHSA', attention.HMHSA(16, 8, 4, 2), {'train': False}))  # attention_impl None
+               ('HMHSA', attention.HMHSA(16, 8, 4, 2, norm_impl='xla'), {'train': False}),  # attention_impl None
+               ('GroupNorm', layers.group_norm(), {}))  # impl 'auto'
     for name, module, kw in modules:
       v = module.init(jax.random.key(0), x, **kw)
       text = jax.jit(jax.value_and_grad(lambda v, x: module.apply(v, x, **kw).sum())).lower(v, x).as_text()
       print(name, 'calls', *(text.count(f'hatnet_{kernel}_{way}') for kernel in
-            ('silu_depthwise_silu', 'window_attention', 'global_attention') for way in ('fwd', 'bwd')))
-    print('usable', fused_depthwise.usable(x, 3), fused_attention.usable(x),
-          'reason', fused_depthwise.unavailable_reason(), fused_attention.unavailable_reason())
+            ('silu_depthwise_silu', 'window_attention', 'global_attention', 'group_norm') for way in ('fwd', 'bwd')))
+    print('usable', fused_depthwise.usable(x, 3), fused_attention.usable(x), fused_group_norm.usable(x),
+          'reason', fused_depthwise.unavailable_reason(), fused_attention.unavailable_reason(),
+          fused_group_norm.unavailable_reason())
     """
 
 
-def test_defaults_take_both_kernels_on_one_cpu_device():
+def test_defaults_take_the_kernels_on_one_cpu_device():
   out = _python(_HLO)
-  assert 'usable True True reason None None' in out
-  assert 'DepthwiseConv calls 1 1 0 0 0 0' in out
-  assert 'HMHSA calls 0 0 1 1 1 1' in out
+  assert 'usable True True True reason None None None' in out
+  assert 'DepthwiseConv calls 1 1 0 0 0 0 0 0' in out
+  assert 'HMHSA calls 0 0 1 1 1 1 0 0' in out
+  assert 'GroupNorm calls 0 0 0 0 0 0 1 1' in out
 
 
 @pytest.mark.parametrize('env,reason', [({'HATNET_JAX_NATIVE': '0'}, 'disabled by HATNET_JAX_NATIVE=0'),
                                         ({'CXX': '/nonexistent/c++'}, "no C++ compiler ('/nonexistent/c++' not found")])
 def test_without_the_kernels_the_defaults_take_xla_paths(env, reason):
   out = _python(_HLO, **env)
-  assert f'usable False False reason {reason}' in out
-  assert 'DepthwiseConv calls 0 0 0 0 0 0' in out and 'HMHSA calls 0 0 0 0 0 0' in out
+  assert 'usable False False False reason' in out and out.count(reason) == 3
+  assert out.count(' calls 0 0 0 0 0 0 0 0') == 3
 
 
 def test_a_failed_build_says_why_and_falls_back(tmp_path):
@@ -56,5 +59,5 @@ def test_a_failed_build_says_why_and_falls_back(tmp_path):
                       'echo "error: no such thing" >&2; exit 1\n')
   compiler.chmod(0o755)
   out = _python(_HLO, CXX=str(compiler), HATNET_JAX_NATIVE_CACHE=str(tmp_path / 'cache'))
-  assert 'usable False False' in out and 'error: no such thing' in out
-  assert 'DepthwiseConv calls 0 0 0 0 0 0' in out and 'HMHSA calls 0 0 0 0 0 0' in out
+  assert 'usable False False False' in out and 'error: no such thing' in out
+  assert out.count(' calls 0 0 0 0 0 0 0 0') == 3

@@ -19,9 +19,9 @@ model = models.create('hatnet_tiny', num_classes=1000)
 x = jnp.zeros((2, 64, 64, 3))
 y = model.apply(model.init(jax.random.key(0), x), x)
 assert y.shape == (2, 1000), y.shape
-from hatnet_jax.models import fused_attention, fused_depthwise  # their C++ sources ship in the package
-assert fused_depthwise.available(), fused_depthwise.unavailable_reason()
-assert fused_attention.available(), fused_attention.unavailable_reason()
+from hatnet_jax.models import fused_attention, fused_depthwise, fused_group_norm  # C++ sources ship in the package
+for kernel in (fused_depthwise, fused_attention, fused_group_norm):
+  assert kernel.available(), kernel.unavailable_reason()
 print('core ok')
 '''
 

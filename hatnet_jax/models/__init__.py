@@ -52,7 +52,7 @@ def _dtype(d, field):
 def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, drop_rate: float = 0.0,
            head_drop_rate: float | None = None, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
            unroll: bool | int = False, attention_impl: str | None = None, depthwise_impl: str = 'auto',
-           **overrides) -> HATNet | SemanticFPN:
+           norm_impl: str = 'auto', **overrides) -> HATNet | SemanticFPN:
   """Model `name` ('hatnet_tiny', 'semfpn_hatnet_tiny', ... see names()); `overrides` replace fields of the
   backbone's table row (e.g. dims).
 
@@ -64,6 +64,9 @@ def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, d
   the classifier as the official model, 0.1 for Semantic FPN as mmseg).
   attention_impl: None/'' (the native CPU kernels on one CPU device in float32, else JAX chooses),
   'native' (those kernels), 'xla', or 'cudnn' (flash attention on GPU).
+  depthwise_impl / norm_impl: 'auto' takes the native CPU kernels of the inverted residual's
+  SiLU -> depthwise -> SiLU / of GroupNorm on one CPU device in float32; 'native' forces them; XLA's paths
+  are 'shift' or 'conv' / 'xla'.
   """
   variant_name, cls = family(name)
   # Fields of the family's own module (e.g. SemanticFPN's neck_channels) go to it, the rest to the variant.
@@ -74,8 +77,11 @@ def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, d
   if not all(0.0 <= r < 1.0 for r in rates):
     raise ValueError(f'drop rates must lie in [0, 1); got drop_path_rate={drop_path_rate}, '
                      f'drop_rate={drop_rate}, head_drop_rate={head_drop_rate}')
+  if norm_impl not in ('auto', 'native', 'xla'):
+    raise ValueError(f"norm_impl must be 'auto', 'native' or 'xla'; got {norm_impl!r}")
   if attention_impl not in (None, '', 'native', 'xla', 'cudnn'):
     raise ValueError(f"attention_impl must be '', 'native', 'xla' or 'cudnn'; got {attention_impl!r}")
   return cls(variant, num_classes=num_classes, drop_path_rate=drop_path_rate, drop_rate=drop_rate, **head,
              remat=remat, unroll=unroll, attention_impl=attention_impl or None, depthwise_impl=depthwise_impl,
+             norm_impl=norm_impl,
              dtype=_dtype(dtype, 'dtype'), param_dtype=_dtype(param_dtype, 'param_dtype'), **own)

@@ -121,6 +121,7 @@ class HMHSA(nn.Module):
   ds_ratio: int
   drop_rate: float = 0.0
   attention_impl: str | None = None
+  norm_impl: str = 'auto'
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   force_mask: bool = False  # tests only: take the padded/masked path even where sizes divide
@@ -131,7 +132,7 @@ class HMHSA(nn.Module):
     b, h, w, c = x.shape
     heads = self.dim // self.head_dim
     dense = lambda n, name: layers.dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    norm = lambda name: layers.group_norm(name, self.param_dtype)
+    norm = lambda name: layers.group_norm(name, self.param_dtype, self.norm_impl)
     qkv = dense(3 * c, 'qkv')(norm('norm')(x))
     attend = _attend
     if self.sow_attention:

@@ -23,6 +23,7 @@ class InvertedResidual(nn.Module):
   kernel_size: int
   drop_rate: float = 0.0
   depthwise_impl: str = 'auto'
+  norm_impl: str = 'auto'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -30,12 +31,12 @@ class InvertedResidual(nn.Module):
   def __call__(self, x, train: bool):
     dense = lambda n, name: layers.dense(n, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                                          name=name)
-    y = layers.group_norm('norm1', self.param_dtype)(x)
+    y = layers.group_norm('norm1', self.param_dtype, self.norm_impl)(x)
     y = dense(self.dim * self.expansion, 'fc1')(y)
     y = layers.DepthwiseConv(self.kernel_size, self.depthwise_impl, self.dtype, self.param_dtype, silu_around=True,
                              name='dwconv')(y)  # SiLU -> depthwise -> SiLU
     y = layers.channel_dropout(self.drop_rate)(y, deterministic=not train)
-    y = layers.group_norm('norm2', self.param_dtype)(dense(self.dim, 'fc2')(y))
+    y = layers.group_norm('norm2', self.param_dtype, self.norm_impl)(dense(self.dim, 'fc2')(y))
     return layers.channel_dropout(self.drop_rate)(y, deterministic=not train)
 
 
@@ -51,13 +52,14 @@ class Block(nn.Module):
   drop_rate: float = 0.0
   attention_impl: str | None = None
   depthwise_impl: str = 'auto'
+  norm_impl: str = 'auto'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   sow_attention: bool = False
 
   @nn.compact
   def __call__(self, x, drop_path_rate):
-    kw = dict(drop_rate=self.drop_rate, dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(drop_rate=self.drop_rate, norm_impl=self.norm_impl, dtype=self.dtype, param_dtype=self.param_dtype)
     y = HMHSA(self.dim, self.head_dim, self.grid_size, self.ds_ratio, attention_impl=self.attention_impl,
               sow_attention=self.sow_attention, name='attn', **kw)(x, self.train)
     x = x + layers.drop_path(self, y, drop_path_rate, not self.train)
@@ -150,6 +152,7 @@ class HATNet(nn.Module):
   unroll: bool | int = False
   attention_impl: str | None = None
   depthwise_impl: str = 'auto'
+  norm_impl: str = 'auto'  # GroupNorm: 'auto' (the native CPU kernel where it applies), 'native' or 'xla'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   # Attention maps (hatnet_jax.attention_maps): explicit softmax, weights sown into 'intermediates'.
@@ -169,16 +172,18 @@ class HATNet(nn.Module):
     v = self.variant
     rates = np.linspace(0.0, self.drop_path_rate, sum(v.depths))
     x = self._conv(v.stem_dim, 'stem_conv1')(x)
-    x = nn.silu(layers.group_norm('stem_norm', self.param_dtype)(x))
+    x = nn.silu(layers.group_norm('stem_norm', self.param_dtype, self.norm_impl)(x))
     x = self._conv(v.dims[0], 'stem_conv2')(x).astype(jnp.float32)
     maps = []
     for i, dim in enumerate(v.dims):
       if i:
-        x = layers.group_norm(f'down{i + 1}_norm', self.param_dtype)(self._conv(dim, f'down{i + 1}_conv')(x))
+        x = layers.group_norm(f'down{i + 1}_norm', self.param_dtype, self.norm_impl)(
+            self._conv(dim, f'down{i + 1}_conv')(x))
       start = sum(v.depths[:i])
       block = dict(dim=dim, head_dim=v.head_dim, grid_size=v.grid_sizes[i], ds_ratio=v.ds_ratios[i],
                    expansion=v.expansions[i], kernel_size=v.kernel_sizes[i], drop_rate=self.drop_rate,
-                   attention_impl=self.attention_impl, depthwise_impl=self.depthwise_impl, dtype=self.dtype,
+                   attention_impl=self.attention_impl, depthwise_impl=self.depthwise_impl,
+                   norm_impl=self.norm_impl, dtype=self.dtype,
                    param_dtype=self.param_dtype)
       if self.sow_attention:
         block['sow_attention'] = True

@@ -6,18 +6,43 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from hatnet_jax.models import fused_depthwise
+from hatnet_jax.models import fused_depthwise, fused_group_norm
 
 Dtype = jnp.dtype
 init_kernel = nn.initializers.truncated_normal(stddev=0.02)  # timm's trunc_normal_(std=.02), cut at +-2 std
 
 
-def group_norm(name: str | None = None, param_dtype=jnp.float32) -> nn.GroupNorm:
+class GroupNorm(nn.GroupNorm):
+  """nn.GroupNorm (same parameters) that runs a one-group norm of a float32 NHWC map as the native CPU kernel
+  (models/fused_group_norm.py) where `impl` says so: 'auto' on one CPU device with float32 parameters,
+  'native' always (float32 only), 'xla' never."""
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x, *, mask=None):
+    if self.impl not in ('auto', 'native', 'xla'):
+      raise ValueError(f"norm_impl must be 'auto', 'native' or 'xla', got {self.impl!r}")
+    fits = (mask is None and x.ndim == 4 and self.num_groups == 1 and self.use_scale and self.use_bias
+            and x.dtype == jnp.float32 and self.param_dtype == jnp.float32 and self.dtype == jnp.float32)
+    if self.impl == 'native' and not (fits and fused_group_norm.available()):
+      raise ValueError("norm_impl 'native' normalises float32 NHWC maps with one group and float32 parameters; "
+                       f'got {x.dtype} {x.shape}, parameters {jnp.dtype(self.param_dtype)}'
+                       f'{"" if fused_group_norm.available() else ", " + fused_group_norm.unavailable_reason()}'
+                       ": use 'auto'")
+    if self.impl == 'native' or (self.impl == 'auto' and fits and fused_group_norm.usable(x)):
+      c = x.shape[-1]
+      scale = self.param('scale', self.scale_init, (c,), self.param_dtype)
+      bias = self.param('bias', self.bias_init, (c,), self.param_dtype)
+      return fused_group_norm.group_norm(x, scale, bias, self.epsilon)
+    return super().__call__(x, mask=mask)
+
+
+def group_norm(name: str | None = None, param_dtype=jnp.float32, impl: str = 'auto') -> GroupNorm:
   """The official GroupNorm(1, C, eps=1e-6): one group over (H, W, C), per-channel affine, computed in f32."""
   # Two-pass variance (use_fast_variance=False) matches PyTorch to ~1e-7 where E[x^2]-E[x]^2 loses digits
   # on maps with a large mean (residual streams deep in the network).
-  return nn.GroupNorm(num_groups=1, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype,
-                      use_fast_variance=False, name=name)
+  return GroupNorm(num_groups=1, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype,
+                   use_fast_variance=False, impl=impl, name=name)
 
 
 class Pointwise(nn.Dense):

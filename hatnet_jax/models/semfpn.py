@@ -114,6 +114,7 @@ class SemanticFPN(nn.Module):
   unroll: bool | int = False  # as HATNet's
   attention_impl: str | None = None
   depthwise_impl: str = 'auto'
+  norm_impl: str = 'auto'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   neck_channels: int = 256
@@ -123,7 +124,7 @@ class SemanticFPN(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.backbone = HATNet(self.variant, drop_path_rate=self.drop_path_rate, drop_rate=self.drop_rate,
                            remat=self.remat, unroll=self.unroll, attention_impl=self.attention_impl,
-                           depthwise_impl=self.depthwise_impl, **kw)
+                           depthwise_impl=self.depthwise_impl, norm_impl=self.norm_impl, **kw)
     self.neck = FPN(self.neck_channels, **kw)
     self.decode_head = FPNHead(self.num_classes, self.head_channels, drop_rate=self.head_drop_rate, **kw)
 
