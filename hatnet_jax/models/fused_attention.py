@@ -13,34 +13,15 @@ from hatnet_jax.models import native
 
 _WIN_FWD, _WIN_BWD = 'hatnet_window_attention_fwd', 'hatnet_window_attention_bwd'
 _GLOB_FWD, _GLOB_BWD = 'hatnet_global_attention_fwd', 'hatnet_global_attention_bwd'
-_TARGETS = ((_WIN_FWD, 'HatnetWindowAttentionFwd'), (_WIN_BWD, 'HatnetWindowAttentionBwd'),
-            (_GLOB_FWD, 'HatnetGlobalAttentionFwd'), (_GLOB_BWD, 'HatnetGlobalAttentionBwd'))
-
-
-def _load() -> str | None:
-  return native.load('native_attention', _TARGETS, 'softmax attention')
-
-
-def available() -> bool:
-  """Whether the kernels are built and registered (builds them on the first call)."""
-  return _load() is None
-
-
-def unavailable_reason() -> str | None:
-  return _load()
-
-
-def usable(*arrays) -> bool:
-  """Whether the kernels apply to these operands (CPU backend, one device, float32) and are available."""
-  return native.single_cpu_float32(*arrays) and available()
+_KERNEL = native.Kernel('native_attention', ((_WIN_FWD, 'HatnetWindowAttentionFwd'),
+                                              (_WIN_BWD, 'HatnetWindowAttentionBwd'),
+                                              (_GLOB_FWD, 'HatnetGlobalAttentionFwd'),
+                                              (_GLOB_BWD, 'HatnetGlobalAttentionBwd')), 'softmax attention')
+available, unavailable_reason, usable = _KERNEL.available, _KERNEL.unavailable_reason, _KERNEL.usable
 
 
 def _call(target, outs, *args, **attrs):
-  reason = _load()
-  if reason is not None:
-    raise RuntimeError(f'the native attention kernels are unavailable: {reason}')
-  attrs = {k: np.int64(v) for k, v in attrs.items()}
-  return jax.ffi.ffi_call(target, outs, vmap_method='sequential')(*args, **attrs)
+  return _KERNEL.call(target, outs, *args, **{k: np.int64(v) for k, v in attrs.items()})
 
 
 def window_attention(qkv, heads: int, window: tuple[int, int]):

@@ -7,26 +7,13 @@ compiler (or if the build fails) `available()` is False with the reason in `unav
 layers.DepthwiseConv's 'auto' takes XLA's path instead.
 """
 import jax
-import jax.numpy as jnp
 
 from hatnet_jax.models import native
 
 _FWD, _BWD = 'hatnet_silu_depthwise_silu_fwd', 'hatnet_silu_depthwise_silu_bwd'
-_TARGETS = ((_FWD, 'HatnetSiluDepthwiseSiluFwd'), (_BWD, 'HatnetSiluDepthwiseSiluBwd'))
-
-
-def _load() -> str | None:
-  """Builds, loads and registers the kernel once per process; None on success, else why it is unavailable."""
-  return native.load('silu_depthwise_silu', _TARGETS, 'SiLU -> depthwise -> SiLU')
-
-
-def available() -> bool:
-  """Whether the native kernel is built and registered (builds it on the first call)."""
-  return _load() is None
-
-
-def unavailable_reason() -> str | None:
-  return _load()
+_KERNEL = native.Kernel('silu_depthwise_silu', ((_FWD, 'HatnetSiluDepthwiseSiluFwd'),
+                                                 (_BWD, 'HatnetSiluDepthwiseSiluBwd')), 'SiLU -> depthwise -> SiLU')
+available, unavailable_reason = _KERNEL.available, _KERNEL.unavailable_reason
 
 
 MAX_KERNEL_SIZE = 7  # kMaxK of the C++ source
@@ -36,17 +23,13 @@ def usable(x, kernel_size: int) -> bool:
   """Whether 'auto' takes the kernel for `x`: CPU backend, one device (the custom call has no partitioning
   rule, so a batch sharded over several devices would be gathered), float32, an odd kernel size of at most
   MAX_KERNEL_SIZE, and the kernel available."""
-  return (native.single_cpu_float32(x) and x.ndim == 4 and kernel_size % 2 == 1
-          and kernel_size <= MAX_KERNEL_SIZE and available())
+  return x.ndim == 4 and kernel_size % 2 == 1 and kernel_size <= MAX_KERNEL_SIZE and _KERNEL.usable(x)
 
 
 @jax.custom_vjp
 def silu_depthwise_silu(x, kernel):
   """SiLU(depthwise_kxk(SiLU(x), kernel)) of a float32 NHWC map, kernel (k, k, C), k odd, same padding."""
-  reason = _load()
-  if reason is not None:
-    raise RuntimeError(f'the native SiLU-depthwise-SiLU kernel is unavailable: {reason}')
-  return jax.ffi.ffi_call(_FWD, jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method='sequential')(x, kernel)
+  return _KERNEL.call(_FWD, jax.ShapeDtypeStruct(x.shape, x.dtype), x, kernel)
 
 
 def _fwd(x, kernel):
@@ -56,7 +39,7 @@ def _fwd(x, kernel):
 def _bwd(res, g):
   x, kernel = res
   out = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))
-  return tuple(jax.ffi.ffi_call(_BWD, out, vmap_method='sequential')(x, kernel, g.astype(x.dtype)))
+  return tuple(_KERNEL.call(_BWD, out, x, kernel, g.astype(x.dtype)))
 
 
 silu_depthwise_silu.defvjp(_fwd, _bwd)

@@ -11,34 +11,13 @@ import numpy as np
 from hatnet_jax.models import native
 
 _FWD, _BWD = 'hatnet_group_norm_fwd', 'hatnet_group_norm_bwd'
-_TARGETS = ((_FWD, 'HatnetGroupNormFwd'), (_BWD, 'HatnetGroupNormBwd'))
-
-
-def _load() -> str | None:
-  return native.load('group_norm', _TARGETS, 'GroupNorm')
-
-
-def available() -> bool:
-  """Whether the kernel is built and registered (builds it on the first call)."""
-  return _load() is None
-
-
-def unavailable_reason() -> str | None:
-  return _load()
-
-
-def usable(*arrays) -> bool:
-  """Whether the kernel applies to these operands (CPU backend, one device, float32) and is available."""
-  return native.single_cpu_float32(*arrays) and available()
+_KERNEL = native.Kernel('group_norm', ((_FWD, 'HatnetGroupNormFwd'), (_BWD, 'HatnetGroupNormBwd')), 'GroupNorm')
+available, unavailable_reason, usable = _KERNEL.available, _KERNEL.unavailable_reason, _KERNEL.usable
 
 
 def _forward(x, scale, bias, eps):
-  reason = _load()
-  if reason is not None:
-    raise RuntimeError(f'the native GroupNorm kernel is unavailable: {reason}')
   f32 = lambda shape: jax.ShapeDtypeStruct(shape, x.dtype)
-  return jax.ffi.ffi_call(_FWD, (f32(x.shape), f32(x.shape[:1]), f32(x.shape[:1])), vmap_method='sequential')(
-      x, scale, bias, eps=np.float32(eps))
+  return _KERNEL.call(_FWD, (f32(x.shape), f32(x.shape[:1]), f32(x.shape[:1])), x, scale, bias, eps=np.float32(eps))
 
 
 def _make_group_norm():
@@ -53,7 +32,7 @@ def _make_group_norm():
     del eps
     x, scale, mean, rstd = res
     outs = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, scale, scale))
-    return tuple(jax.ffi.ffi_call(_BWD, outs, vmap_method='sequential')(x, scale, mean, rstd, g.astype(x.dtype)))
+    return tuple(_KERNEL.call(_BWD, outs, x, scale, mean, rstd, g.astype(x.dtype)))
 
   f = jax.custom_vjp(norm, nondiff_argnums=(3,))
   f.defvjp(fwd, bwd)

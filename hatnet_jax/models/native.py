@@ -100,8 +100,30 @@ def load(name: str, targets: tuple[tuple[str, str], ...], what: str) -> str | No
   return None
 
 
-def single_cpu_float32(*arrays) -> bool:
-  """Where the kernels apply: the CPU backend with one device (the custom calls have no partitioning rule,
-  so a batch sharded over several devices would be gathered onto one) and float32 operands."""
-  return (jax.default_backend() == 'cpu' and jax.device_count() == 1
-          and all(a.dtype == jax.numpy.float32 for a in arrays))
+class Kernel:
+  """One kernel source (`name`.cc) with its XLA targets ((target, exported symbol) pairs): built, loaded and
+  registered on first use; `what` names it in the logs and errors."""
+
+  def __init__(self, name: str, targets: tuple[tuple[str, str], ...], what: str):
+    self.name, self.targets, self.what = name, targets, what
+
+  def unavailable_reason(self) -> str | None:
+    """None once built and registered (builds on the first call), else why the kernel is unavailable."""
+    return load(self.name, self.targets, self.what)
+
+  def available(self) -> bool:
+    return self.unavailable_reason() is None
+
+  def usable(self, *arrays) -> bool:
+    """Where the defaults take the kernel: the CPU backend with one device (the custom calls have no
+    partitioning rule, so a batch sharded over several devices would be gathered onto one), float32
+    operands, and the kernel available."""
+    return (jax.default_backend() == 'cpu' and jax.device_count() == 1
+            and all(a.dtype == jax.numpy.float32 for a in arrays) and self.available())
+
+  def call(self, target: str, results, *args, **attrs):
+    """jax.ffi.ffi_call of one of the targets (vmapped as a loop); RuntimeError naming why if unavailable."""
+    reason = self.unavailable_reason()
+    if reason is not None:
+      raise RuntimeError(f'the native {self.what} kernel is unavailable: {reason}')
+    return jax.ffi.ffi_call(target, results, vmap_method='sequential')(*args, **attrs)
