@@ -6,6 +6,7 @@ compiler, jaxlib and the CPU's flags: $HATNET_JAX_NATIVE_CACHE, else $XDG_CACHE_
 ~/.cache/hatnet_jax. Without a compiler, with HATNET_JAX_NATIVE=0, or if the build fails, `load` returns
 the reason and the callers take XLA's path instead.
 """
+import concurrent.futures
 import functools
 import glob
 import hashlib
@@ -76,6 +77,22 @@ def _build(compiler: str, name: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
+def _build_all(compiler: str) -> None:
+  """Builds every kernel source beside this module that the cache lacks, all at once (one compiler process
+  each), so that a first start waits for the slowest build instead of their sum. A failure is left for
+  that kernel's own `load` to report."""
+  names = [os.path.basename(path)[:-3] for path in sorted(glob.glob(os.path.join(_DIR, '*.cc')))]
+
+  def build(name):
+    try:
+      _build(compiler, name)
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+      pass
+  with concurrent.futures.ThreadPoolExecutor(max(1, len(names))) as pool:
+    list(pool.map(build, names))
+
+
+@functools.lru_cache(maxsize=None)
 def load(name: str, targets: tuple[tuple[str, str], ...], what: str) -> str | None:
   """Builds `name`.cc, loads it and registers each (XLA target, exported symbol) once per process.
 
@@ -89,6 +106,7 @@ def load(name: str, targets: tuple[tuple[str, str], ...], what: str) -> str | No
   try:
     import ctypes  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
+    _build_all(compiler)
     path = _build(compiler, name)
     library = ctypes.cdll.LoadLibrary(path)
     for target, symbol in targets:
