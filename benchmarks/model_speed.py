@@ -146,12 +146,9 @@ def unrolled_experiment(setup_: types.SimpleNamespace) -> experiment.Experiment:
   with config_u.unlocked():
     config_u.model.unroll = True
     if jax.default_backend() == 'cpu':
-      if config_u.model.get('depthwise_impl', 'auto') in ('auto', 'native'):
-        config_u.model.depthwise_impl = 'shift'
-      if config_u.model.get('attention_impl', '') in ('', 'native'):
-        config_u.model.attention_impl = 'xla'
-      if config_u.model.get('norm_impl', 'auto') in ('auto', 'native'):
-        config_u.model.norm_impl = 'xla'
+      config_u.model.update(models.xla_paths(config_u.model.get('depthwise_impl', 'auto'),
+                                             config_u.model.get('attention_impl', ''),
+                                             config_u.model.get('norm_impl', 'auto')))
   return experiment.Experiment.create(config_u, mesh=setup_.mesh, facts=setup_.facts)
 
 

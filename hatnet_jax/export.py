@@ -25,17 +25,9 @@ def export_model(model, variables, image_size: int, platforms=None):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  # XLA's own depthwise and attention paths: the native CPU kernels are custom calls that a loaded module
-  # could not find.
-  xla_paths = {}
-  if getattr(model, 'depthwise_impl', None) in ('auto', 'native'):
-    from hatnet_jax.models import layers  # pylint: disable=g-import-not-at-top
-    xla_paths['depthwise_impl'] = layers.xla_depthwise_impl()
-  if hasattr(model, 'attention_impl') and model.attention_impl in (None, 'native'):
-    xla_paths['attention_impl'] = 'xla'  # what JAX's None chooses
-  if getattr(model, 'norm_impl', None) in ('auto', 'native'):
-    xla_paths['norm_impl'] = 'xla'
-  model = model.clone(**xla_paths)
+  # XLA's own paths: the native CPU kernels are custom calls that a loaded module could not find.
+  from hatnet_jax import models  # pylint: disable=g-import-not-at-top
+  model = model.clone(**models.xla_paths(model.depthwise_impl, model.attention_impl, model.norm_impl))
 
   def fn(images):
     return model.apply(variables, images, train=False)

@@ -4,6 +4,7 @@ Names are a family prefix + a variant name: 'hatnet_tiny' (classifier), 'semfpn_
 """
 import jax.numpy as jnp
 
+from hatnet_jax.models import layers
 from hatnet_jax.models.attention import HMHSA, local_attention
 from hatnet_jax.models.hatnet import HATNet
 from hatnet_jax.models.semfpn import SemanticFPN, backbone_params_from_classifier
@@ -47,6 +48,20 @@ def _dtype(d, field):
     return jnp.dtype(d)
   except TypeError:
     raise ValueError(f"model {field}={d!r} is not a dtype; use 'float32' or 'bfloat16'") from None
+
+
+def xla_paths(depthwise_impl: str = 'auto', attention_impl: str | None = None, norm_impl: str = 'auto') -> dict:
+  """The `create` arguments that replace the native CPU kernels these settings would take by XLA's own
+  paths (for exported modules, which could not find the custom calls, and for XLA's cost analysis, which
+  cannot see into them); settings that already name an XLA path are left out."""
+  out = {}
+  if depthwise_impl in ('auto', 'native'):
+    out['depthwise_impl'] = layers.xla_depthwise_impl()
+  if attention_impl in (None, '', 'native'):
+    out['attention_impl'] = 'xla'  # what JAX's None chooses
+  if norm_impl in ('auto', 'native'):
+    out['norm_impl'] = 'xla'
+  return out
 
 
 def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, drop_rate: float = 0.0,

@@ -77,19 +77,19 @@ def _build(compiler: str, name: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _build_all(compiler: str) -> None:
+def _build_all(compiler: str) -> dict[str, str | Exception]:
   """Builds every kernel source beside this module that the cache lacks, all at once (one compiler process
-  each), so that a first start waits for the slowest build instead of their sum. A failure is left for
-  that kernel's own `load` to report."""
+  each), so that a first start waits for the slowest build instead of their sum: {name: library path, or
+  the exception its build raised, for that kernel's `load` to report}."""
   names = [os.path.basename(path)[:-3] for path in sorted(glob.glob(os.path.join(_DIR, '*.cc')))]
 
   def build(name):
     try:
-      _build(compiler, name)
-    except (OSError, RuntimeError, subprocess.SubprocessError):
-      pass
+      return _build(compiler, name)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+      return e
   with concurrent.futures.ThreadPoolExecutor(max(1, len(names))) as pool:
-    list(pool.map(build, names))
+    return dict(zip(names, pool.map(build, names)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,8 +106,9 @@ def load(name: str, targets: tuple[tuple[str, str], ...], what: str) -> str | No
   try:
     import ctypes  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
-    _build_all(compiler)
-    path = _build(compiler, name)
+    path = _build_all(compiler)[name]
+    if isinstance(path, Exception):
+      raise path
     library = ctypes.cdll.LoadLibrary(path)
     for target, symbol in targets:
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu')
