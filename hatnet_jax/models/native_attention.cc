@@ -31,9 +31,16 @@ namespace {
 using namespace hatnet_native;
 
 constexpr int64_t kQueryBlock = 64;  // queries per block against all of a task's keys
-constexpr int64_t kRows = 4;         // rows of a product's register block
-constexpr int64_t kCols = 4;         // vectors (of kLanes columns) of a product's register block
-
+// The register block of a product: kRows rows x kCols vectors of C accumulate in registers, with room
+// left for a row of B and the broadcast A value: 4 x 4 of AVX-512's 32 registers, 6 x 2 of AVX2's 16 (the
+// usual 6x16 AVX2 micro-kernel).
+#if defined(__AVX512F__)
+constexpr int kRows = 4;
+constexpr int kCols = 4;
+#else
+constexpr int kRows = 6;
+constexpr int kCols = 2;
+#endif
 inline int64_t RoundUp(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
 // C[m, n] (+)= sum_k A(m, k) B[k, n] for m < MR and n < NV * kLanes, with A(m, k) = a[m * am + k * ak] and
@@ -58,15 +65,24 @@ inline void Block(int64_t depth, const float* a, int64_t am, int64_t ak, const f
   }
 }
 
-template <int MR>
+// Block<MR, nv> for 1 <= nv <= NV (the columns left may fill fewer than kCols vectors).
+template <int MR, int NV = kCols>
 inline void BlockCols(int64_t nv, int64_t depth, const float* a, int64_t am, int64_t ak, const float* b,
                       int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  switch (nv) {
-    case 1: return Block<MR, 1>(depth, a, am, ak, b, ldb, c, ldc, accumulate);
-    case 2: return Block<MR, 2>(depth, a, am, ak, b, ldb, c, ldc, accumulate);
-    case 3: return Block<MR, 3>(depth, a, am, ak, b, ldb, c, ldc, accumulate);
-    default: return Block<MR, 4>(depth, a, am, ak, b, ldb, c, ldc, accumulate);
+  if constexpr (NV > 1) {
+    if (nv < NV) return BlockCols<MR, NV - 1>(nv, depth, a, am, ak, b, ldb, c, ldc, accumulate);
   }
+  Block<MR, NV>(depth, a, am, ak, b, ldb, c, ldc, accumulate);
+}
+
+// BlockCols<mr> for 1 <= mr <= MR (the last rows may be fewer than kRows).
+template <int MR = kRows>
+inline void BlockRows(int64_t mr, int64_t nv, int64_t depth, const float* a, int64_t am, int64_t ak,
+                      const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return BlockRows<MR - 1>(mr, nv, depth, a, am, ak, b, ldb, c, ldc, accumulate);
+  }
+  BlockCols<MR>(nv, depth, a, am, ak, b, ldb, c, ldc, accumulate);
 }
 
 // C (rows x cols, cols a multiple of kLanes) (+)= A (rows x depth, strided) B (depth x cols, row stride ldb).
@@ -75,14 +91,8 @@ void Product(int64_t rows, int64_t cols, int64_t depth, const float* a, int64_t 
   for (int64_t n = 0; n < cols; n += kCols * kLanes) {
     const int64_t nv = std::min<int64_t>(kCols, (cols - n) / kLanes);
     for (int64_t m = 0; m < rows; m += kRows) {
-      const float* ap = a + m * am;
-      float* cp = c + m * ldc + n;
-      switch (std::min<int64_t>(kRows, rows - m)) {
-        case 1: BlockCols<1>(nv, depth, ap, am, ak, b + n, ldb, cp, ldc, accumulate); break;
-        case 2: BlockCols<2>(nv, depth, ap, am, ak, b + n, ldb, cp, ldc, accumulate); break;
-        case 3: BlockCols<3>(nv, depth, ap, am, ak, b + n, ldb, cp, ldc, accumulate); break;
-        default: BlockCols<4>(nv, depth, ap, am, ak, b + n, ldb, cp, ldc, accumulate); break;
-      }
+      BlockRows(std::min<int64_t>(kRows, rows - m), nv, depth, a + m * am, am, ak, b + n, ldb, c + m * ldc + n, ldc,
+                accumulate);
     }
   }
 }

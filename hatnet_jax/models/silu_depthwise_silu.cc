@@ -70,7 +70,14 @@ void LoadSilu(const Geometry& g, const float* x, int64_t b, int64_t r, Ring& rin
     return;
   }
   const float* src = x + (b * g.height + r) * n;
-  for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * Sigmoid(src[i]);
+  // In vectors: GCC vectorises the scalar form only where it can mask Exp's clamps (AVX-512), and the
+  // scalar loop was a fifth of hatnet_tiny's inference on a Zen 3 EPYC (AVX2).
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec v = Load(src + i);
+    Store(dst + i, v * Sigmoid(v));
+  }
+  for (; i < n; ++i) dst[i] = src[i] * Sigmoid(src[i]);
 }
 
 template <typename T>
