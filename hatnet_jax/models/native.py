@@ -1,8 +1,9 @@
 """Builds and registers the native CPU kernels (the *.cc files beside this module) as XLA FFI targets.
 
 Each kernel is compiled on first use with the system C++ compiler (`$CXX`, else g++) against the XLA FFI
-headers that jaxlib ships, for this CPU (-march=native), into a cache directory keyed by the sources, the
-compiler, jaxlib and the CPU's flags: $HATNET_JAX_NATIVE_CACHE, else $XDG_CACHE_HOME/hatnet_jax, else
+headers that jaxlib ships, for this CPU (-march=native; $HATNET_JAX_NATIVE_MARCH names another target,
+e.g. x86-64-v3 for AVX2 code that runs on every newer x86 CPU), into a cache directory keyed by the
+sources, the compiler and its flags, jaxlib and the CPU's flags: $HATNET_JAX_NATIVE_CACHE, else $XDG_CACHE_HOME/hatnet_jax, else
 ~/.cache/hatnet_jax. Without a compiler, with HATNET_JAX_NATIVE=0, or if the build fails, `load` returns
 the reason and the callers take XLA's path instead.
 """
@@ -22,7 +23,12 @@ import jax
 import jaxlib
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
-_FLAGS = ('-O3', '-march=native', '-std=c++20', '-shared', '-fPIC', '-fno-math-errno')
+_FLAGS = ('-O3', '-std=c++20', '-shared', '-fPIC', '-fno-math-errno')
+
+
+def _flags() -> tuple[str, ...]:
+  # The kernels' vector width and register blocking follow the target (AVX-512 or AVX2, cpu_kernels.h).
+  return (*_FLAGS, f'-march={os.environ.get("HATNET_JAX_NATIVE_MARCH") or "native"}')
 
 
 def cache_dir() -> str:
@@ -54,7 +60,7 @@ def _build(compiler: str, name: str) -> str:
     with open(path, 'rb') as f:
       parts.append(f.read())
   key = hashlib.sha256(b'\0'.join([*parts, version.encode(), jaxlib.__version__.encode(), _cpu_flags().encode(),
-                                    ' '.join(_FLAGS).encode()])).hexdigest()[:16]
+                                    ' '.join(_flags()).encode()])).hexdigest()[:16]
   directory = cache_dir()
   path = os.path.join(directory, f'{name}-{key}.so')
   if os.path.exists(path):
@@ -65,7 +71,7 @@ def _build(compiler: str, name: str) -> str:
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=directory)
   os.close(fd)
   try:
-    cmd = [compiler, *_FLAGS, '-I', jax.ffi.include_dir(), '-I', _DIR, source, '-o', tmp]
+    cmd = [compiler, *_flags(), '-I', jax.ffi.include_dir(), '-I', _DIR, source, '-o', tmp]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode:
       raise RuntimeError(f'{" ".join(cmd)} failed:\n{result.stderr[-2000:]}')
