@@ -32,6 +32,6 @@ def compiler_options(cpu_options=None) -> dict[str, str] | None:
     jax.jit(lambda x: x + 1, compiler_options=options).lower(jax.ShapeDtypeStruct((), 'float32')).compile()
   except jax.errors.JaxRuntimeError as e:
     raise ValueError(f'config.cpu_compiler_options {options}: XLA refused them ({e}). Check the option names '
-                     "and values (XLA_FLAGS=--xla_helpfull lists them), or set an option to '' to drop it."
-                     ) from None
+                     "and values (XLA_FLAGS=--help python -c 'import jax; jax.jit(abs)(1.)' lists them), or set an "
+                     "option to '' to drop it.") from None
   return options
