@@ -61,6 +61,7 @@ def test_parameter_counts_and_shapes(name):
   assert [f.shape for f in feats] == [(2, s, s, d) for s, d in zip((56, 28, 14, 7), dims)]
 
 
+@pytest.mark.slow  # default suite under 15 min on the 2-core EPYC (16:00 there)
 def test_jit_grad_finite_in_train_mode(micro):
   model, params, x, _ = micro
 
@@ -77,6 +78,7 @@ def test_jit_grad_finite_in_train_mode(micro):
   assert all(np.isfinite(norms)) and sum(norms) > 0
 
 
+@pytest.mark.slow  # default suite under 15 min on the 2-core EPYC (16:00 there)
 def test_dropout_and_drop_path_only_in_train_mode_and_deterministic_in_rng(micro):
   _, params, x, run = micro
   eval_a, eval_b = run(params, x, jax.random.key(0), False), run(params, x, jax.random.key(1), False)
@@ -93,6 +95,7 @@ def _stage(rates, remat=False, unroll=False):
   return hatnet.Stage(block, rates, remat, unroll)
 
 
+@pytest.mark.slow  # default suite under 15 min on the 2-core EPYC (16:00 there)
 def test_drop_path_rates_apply_per_block():
   """Train differs from eval only through drop path (dropout is off): rates of 0 make them equal."""
   x = jax.random.normal(jax.random.key(0), (8, 8, 8, 32))
@@ -120,6 +123,7 @@ def test_remat_gives_the_same_gradients():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # default suite under 15 min on the 2-core EPYC (16:00 there)
 def test_unrolled_stage_gives_the_same_outputs_and_gradients():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
   variables = _stage((0.0, 0.1, 0.2)).init(jax.random.key(1), x, train=False)
@@ -135,6 +139,7 @@ def test_unrolled_stage_gives_the_same_outputs_and_gradients():
       True, False, True, False, False]
 
 
+@pytest.mark.slow  # default suite under 15 min on the 2-core EPYC (16:00 there)
 def test_bfloat16_close_to_float32_with_float32_params_softmax_norms(micro):
   _, params, x, _ = micro
   f32, bf16 = _micro(), _micro(dtype='bfloat16')

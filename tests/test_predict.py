@@ -39,6 +39,7 @@ def _expected_probs(model, variables, path, size):
   return np.asarray(jax.nn.softmax(model.apply(variables, x, train=False), axis=-1))[0]
 
 
+@pytest.mark.slow  # default suite under 15 min on the 2-core EPYC (16:00 there)
 def test_predict_directory_csv_json(setup, capsys):
   tmp, model, variables, photo = setup
   names = tmp / 'names.txt'

@@ -204,8 +204,8 @@ def test_ctrl_c_saves_at_the_reached_step_and_a_restart_continues_bitwise(refere
   _assert_same_final_state(workdir, reference[0])
 
 
-@pytest.mark.parametrize('how', ['truncate', pytest.param('delete', marks=pytest.mark.slow),
-                                 pytest.param('json', marks=pytest.mark.slow)])
+@pytest.mark.slow  # default suite under 15 min on the 2-core EPYC (16:00 there)
+@pytest.mark.parametrize('how', ['truncate', 'delete', 'json'])
 def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_ends_bitwise(reference, shared, tmp_path, how):
   from tests.test_train_checkpoint import _damage  # pylint: disable=g-import-not-at-top
   ref_dir, _ = reference
@@ -221,6 +221,7 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_ends_bitwise(ref
   _assert_same_final_state(str(workdir), ref_dir)
 
 
+@pytest.mark.slow  # default suite under 15 min on the 2-core EPYC (16:00 there)
 def test_an_undecodable_eval_image_is_named_after_a_checkpoint_of_its_step(shared, tmp_path):
   from hatnet_jax.data import testing  # pylint: disable=g-import-not-at-top
   root = testing.make_image_folder(str(tmp_path / 'images'), {'train': {'a': 8, 'b': 8},
@@ -239,6 +240,7 @@ def test_an_undecodable_eval_image_is_named_after_a_checkpoint_of_its_step(share
   assert _steps(workdir) == [4, 6]  # the first evaluation (step 6) came after its checkpoint
 
 
+@pytest.mark.slow  # default suite under 15 min on the 2-core EPYC (16:00 there)
 def test_sigterm_saves_a_checkpoint_at_the_reached_step(reference, shared, tmp_path):
   workdir = str(tmp_path / 'preempted')
   proc = subprocess.Popen(_cmd(shared, workdir), env=_env(shared, 8), cwd=REPO, stdout=subprocess.DEVNULL,
