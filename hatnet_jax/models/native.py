@@ -4,8 +4,8 @@ Each kernel is compiled on first use with the system C++ compiler (`$CXX`, else 
 headers that jaxlib ships, for this CPU (-march=native; $HATNET_JAX_NATIVE_MARCH names another target,
 e.g. x86-64-v3 for AVX2 code that runs on every newer x86 CPU), into a cache directory keyed by the
 sources, the compiler and its flags, jaxlib and the CPU's flags: $HATNET_JAX_NATIVE_CACHE, else
-$XDG_CACHE_HOME/hatnet_jax, else ~/.cache/hatnet_jax. Without a compiler, with HATNET_JAX_NATIVE=0, or if the build fails, `load` returns
-the reason and the callers take XLA's path instead.
+$XDG_CACHE_HOME/hatnet_jax, else ~/.cache/hatnet_jax. Without a compiler, with HATNET_JAX_NATIVE=0, or if
+the build fails, `load` returns the reason and the callers take XLA's path instead.
 """
 import concurrent.futures
 import functools
