@@ -64,8 +64,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
-  if _CONFIG.value.cpu_huge_pages:  # first: it may start the program again (see hatnet_jax.host_memory)
-    from hatnet_jax import host_memory  # pylint: disable=g-import-not-at-top
+  if _CONFIG.value.cpu_huge_pages:  # first: it may start the program again (see hatnet_jax.training.host_memory)
+    from hatnet_jax.training import host_memory  # pylint: disable=g-import-not-at-top
     applied, why = host_memory.reexec_with_huge_pages()
     logging.info('Host memory (CPU backend): %s.', why if applied else f'glibc default ({why})')
   import jax  # pylint: disable=g-import-not-at-top
@@ -75,7 +75,7 @@ def main(argv):
   if multihost:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   # Imported only now: jax.distributed.initialize() must come before anything initialises a JAX backend.
-  from hatnet_jax import compile_cache, preemption, train  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.training import compile_cache, preemption, train  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, %d local / %d global devices (%s)', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.default_backend())
   # Before anything compiles (the trainer's own call then finds it done); a directory it cannot write gives

@@ -313,7 +313,7 @@ def _compare_timm(jpegs, args, ours, host_resize, canvas, timm_run, timm_before)
   """Prints timm's cost per image (mean of the runs before and after ours) against `ours`."""
   timm, torch, torchvision, Image = import_timm()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from hatnet_jax.data import transforms  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.classification import transforms  # pylint: disable=g-import-not-at-top
   timm_after = timm_run()
   timm_cpu, timm_wall = (timm_before[0] + timm_after[0]) / 2, (timm_before[1] + timm_after[1]) / 2
   n = timm_before[2] + timm_after[2]

@@ -7,7 +7,7 @@
     python benchmarks/model_speed.py --model=hatnet_large --find_max_batch --dtype=bfloat16
     python benchmarks/model_speed.py --model=semfpn_hatnet_tiny --image_size=512 --batch_size=2
 
-The train step is the trainer's own (hatnet_jax.steps.train_step via experiment.Experiment: the task's
+The train step is the trainer's own (hatnet_jax.training.steps.train_step via experiment.Experiment: the task's
 loss (classification: mixup + soft-target CE; 'semfpn_*' models: pixel CE at 512 px crops), forward,
 backward, AdamW update, EMA off) jitted over a 'data' mesh of all local devices with the trainer's shardings; inputs are synthetic
 and already on the devices. --batch_size is per device. Each figure is the median of --repeats timed
@@ -24,15 +24,15 @@ timed in alternating repetitions; `full_over_bare_step_time` is the median over 
 time / bare step time (1.10 = the trainer's step takes 10 % longer than the bare one).
 
 Peak memory: the JAX figure is the device's peak on GPU/TPU and this process's peak RSS on CPU. With
---compare_torch the PyTorch reference (benchmarks/torch_reference.py, the HAT-Net of tests/torch_hatnet.py,
+--compare_torch the PyTorch reference (benchmarks/torch_reference.py, the HAT-Net of tests/references/torch_hatnet.py,
 same model, batch and image size) runs in a subprocess of its own, before and after the JAX measurement
 (its images/s: the mean of the two runs, both kept); `torch_peak_memory_bytes` is that process's own
 peak RSS (on CUDA: torch's peak allocated device memory). After each compilation the compiler's freed heap
-is handed back to the system (hatnet_jax.host_memory.release_freed_memory), as the trainer does.
+is handed back to the system (hatnet_jax.training.host_memory.release_freed_memory), as the trainer does.
 
-CPU settings: as main.py, the benchmark first restarts with glibc's huge-page tunable (hatnet_jax.host_memory;
+CPU settings: as main.py, the benchmark first restarts with glibc's huge-page tunable (hatnet_jax.training.host_memory;
 --huge_pages=0 keeps glibc's default), and the JAX programs are compiled with the trainer's
-config.cpu_compiler_options (hatnet_jax.xla_options). The PyTorch process inherits the tunable from the
+config.cpu_compiler_options (hatnet_jax.training.xla_options). The PyTorch process inherits the tunable from the
 environment, so both run on the same setting (PyTorch gains from it as well: tiny's eager train step 5.8 ->
 8.4 img/s on the development machine).
 """
@@ -56,7 +56,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default as default_config  # noqa: E402
 from configs import seg_default as seg_config  # noqa: E402
-from hatnet_jax import experiment, host_memory, layout, models, optim, tasks  # noqa: E402
+from hatnet_jax import layout, models, tasks  # noqa: E402
+from hatnet_jax.training import experiment, host_memory, optim  # noqa: E402
 
 # Dense bf16 peak TFLOP/s (no sparsity) by device-kind substring, for the default MFU denominator.
 PEAK_BF16_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L4': 121.0, 'TPU v5 lite': 197.0,
@@ -226,7 +227,7 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
     t = time.perf_counter()
     compiled = exp.train_step.lower(exp.abstract_state, batch).compile()
     result['train_compile_s'] = time.perf_counter() - t
-    host_memory.release_freed_memory()  # as the trainer does after compiling (hatnet_jax/train.py)
+    host_memory.release_freed_memory()  # as the trainer does after compiling (hatnet_jax/training/train.py)
     holder = {'full': exp.init_state()}
 
     def run():
@@ -281,7 +282,7 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
 
 
 def bench_torch(args, dtype: str, per_device: int) -> dict:
-  """The PyTorch HAT-Net of the parity tests (tests/torch_hatnet.py): AdamW train step and inference on one
+  """The PyTorch HAT-Net of the parity tests (tests/references/torch_hatnet.py): AdamW train step and inference on one
   device (CUDA if available, with bf16 autocast for dtype=bfloat16), run by benchmarks/torch_reference.py in
   a subprocess so that its peak memory is its own (`torch_peak_memory_bytes`)."""
   cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'torch_reference.py'),
@@ -365,7 +366,7 @@ def add_host_memory_flag(parser: argparse.ArgumentParser):
   """--huge_pages, shared with roofline.py."""
   parser.add_argument('--huge_pages', type=int, default=1,
                       help="1: restart with glibc's huge-page tunable on CPU, as main.py does by default "
-                      "(hatnet_jax.host_memory, config.cpu_huge_pages), 0: glibc's default")
+                      "(hatnet_jax.training.host_memory, config.cpu_huge_pages), 0: glibc's default")
 
 
 def apply_host_memory_flag(args, from_command_line: bool):

@@ -2,12 +2,12 @@
 
     python benchmarks/torch_reference.py --model=hatnet_tiny --batch_size=16 --image_size=224
 
-Times the PyTorch HAT-Net of the parity tests (tests/torch_hatnet.py): an AdamW train step (plain
+Times the PyTorch HAT-Net of the parity tests (tests/references/torch_hatnet.py): an AdamW train step (plain
 integer-label cross-entropy) and inference, on one device (CUDA if available, with bf16 autocast for
 --dtype=bfloat16), and prints one JSON line: images/s (median of --repeats) and the peak memory of this
 process alone (host peak RSS, or on CUDA torch's peak allocated device memory), which is why it runs
 apart from the JAX process. It imports neither jax nor flax: the variant's hyper-parameters come from
-hatnet_jax/models/variants.py loaded as a plain file.
+hatnet_jax/models/backbone/variants.py loaded as a plain file.
 """
 import argparse
 import importlib.util
@@ -23,7 +23,7 @@ NUM_CLASSES = 1000
 
 
 def _variants():
-  """hatnet_jax/models/variants.py without importing the hatnet_jax package (which pulls in jax)."""
+  """hatnet_jax/models/backbone/variants.py without importing the hatnet_jax package (which pulls in jax)."""
   spec = importlib.util.spec_from_file_location('_hatnet_variants', os.path.join(REPO, 'hatnet_jax', 'models',
                                                                                   'variants.py'))
   module = importlib.util.module_from_spec(spec)
@@ -61,7 +61,7 @@ def _time(fn, warmup: int, repeats: int, steps: int) -> list[float]:
 def run(model: str, batch_size: int, image_size: int, dtype: str, modes, warmup: int, repeats: int,
         steps: int) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(REPO, 'tests'))
+  sys.path.insert(0, os.path.join(REPO, 'tests', 'references'))
   import torch_hatnet  # pylint: disable=g-import-not-at-top
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   variant = _variants().get_variant(model)

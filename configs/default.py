@@ -2,7 +2,7 @@
 
 Variant configs (hatnet_tiny.py ...) start from `get_config()` here and change only what differs.
 Every field is overridable from the command line (`--config.batch_size=512`); unknown keys are rejected.
-Durations are given in epochs (`*_epochs`) or steps (`*_steps`); `hatnet_jax.schedule.to_steps` turns
+Durations are given in epochs (`*_epochs`) or steps (`*_steps`); `hatnet_jax.training.schedule.to_steps` turns
 either into steps, and a `*_steps` field that is set wins (so `--config.num_steps=100` alone switches).
 """
 import ml_collections
@@ -42,7 +42,7 @@ def get_config():
   c.model.depthwise_impl = 'auto'
   c.model.norm_impl = 'auto'
 
-  # ---- Mixup/CutMix + label smoothing, in the train step: hatnet_jax.data.mixup.mix_batch(**config.mixup) ----
+  # ---- Mixup/CutMix + label smoothing, in the train step: hatnet_jax.data.classification.mixup.mix_batch(**config.mixup) ----
   c.mixup = ml_collections.ConfigDict()
   c.mixup.mixup_alpha = 0.8
   c.mixup.cutmix_alpha = 1.0
@@ -65,7 +65,7 @@ def get_config():
   c.data.interpolation = 'bicubic'  # resizes and RandAugment's geometric ops
   c.data.antialias = True  # PIL-like antialiased resizes (False: aliasing)
   # RandomResizedCrop windows up to this side travel unresized (zero-padded to a C x C uint8 canvas) and
-  # are resized on the device (hatnet_jax/data/crop_resize.py): the host only reads and decodes. Larger
+  # are resized on the device (hatnet_jax/data/classification/crop_resize.py): the host only reads and decodes. Larger
   # windows are resized on the host. 512 holds ImageNet's typical 500x375 photos; datasets of one fixed
   # image size (cifar10, digits) use a canvas of that size. 0: resize on the host.
   c.data.device_resize = 512
@@ -85,7 +85,7 @@ def get_config():
   c.data.skip_corrupt = True  # replace (and count) undecodable training images; False: stop at the first
   c.data.allow_empty_classes = False  # image_folder: an empty class directory is an error unless True
 
-  # ---- Optimisation (hatnet_jax.train) ----
+  # ---- Optimisation (hatnet_jax.training.train) ----
   c.batch_size = 1024  # global, over all devices of all processes
   c.base_lr = 5e-4  # scaled by batch_size / lr_base_batch
   c.lr_base_batch = 512
@@ -115,19 +115,19 @@ def get_config():
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.keep_best_checkpoint = True
-  c.init_from = ''  # a checkpoint dir (e.g. written by hatnet_jax.convert) to start from
-  # JAX's persistent compilation cache (hatnet_jax.compile_cache): a restart, a sweep point or an eval run
+  c.init_from = ''  # a checkpoint dir (e.g. written by hatnet_jax.tools.convert) to start from
+  # JAX's persistent compilation cache (hatnet_jax.training.compile_cache): a restart, a sweep point or an eval run
   # loads the compiled steps instead of compiling them again. '~' is expanded at run time; '' (or None)
   # disables it; the environment variable JAX_COMPILATION_CACHE_DIR, when set, wins over this field.
   c.compilation_cache_dir = ml_collections.FieldReference('~/.cache/hatnet_jax/xla', field_type=str)
-  # CPU backend: main.py restarts itself once with glibc's huge-page tunable (hatnet_jax.host_memory), so the
+  # CPU backend: main.py restarts itself once with glibc's huge-page tunable (hatnet_jax.training.host_memory), so the
   # multi-GB temporaries XLA allocates at every step are faulted in 2 MiB at a time, not 4 KiB (tiny's CPU
   # train step ~1.7x faster, same peak memory). Ignored where it cannot help (an accelerator backend, no
   # transparent huge pages in 'madvise' mode, glibc < 2.35).
   c.cpu_huge_pages = True
   # XLA compiler options of the train and eval steps on the CPU backend (ignored on GPU/TPU; a value of ''
   # drops an option; more may be added, e.g. xla_cpu_opt_preset): the memory-optimised scheduler halves the
-  # step's peak memory and is no slower (hatnet_jax.xla_options; BENCHMARKS.md).
+  # step's peak memory and is no slower (hatnet_jax.training.xla_options; BENCHMARKS.md).
   c.cpu_compiler_options = ml_collections.ConfigDict(dict(
       xla_cpu_scheduler_type='CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'))
   c.profile_start_step = -1  # >= 0: write a profiler trace of profile_num_steps steps from this step
@@ -135,6 +135,6 @@ def get_config():
   c.log_images_every_steps = 0  # > 0: write a sample of augmented training images (also at the first step)
   c.log_images_count = 8
   # > 0: at each evaluation, write the local and global attention (stage 1, block 0) of a few query points
-  # of this many eval images to TensorBoard (hatnet_jax.attention_maps).
+  # of this many eval images to TensorBoard (hatnet_jax.tools.attention_maps).
   c.log_attention_maps = 0
   return c

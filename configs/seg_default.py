@@ -9,7 +9,7 @@ resized by a random ratio in [0.5, 2] of (2048, 512), cat_max_ratio 0.75, flip, 
 single-scale whole-image evaluation at the AlignResize size every 4k iterations (mIoU ranks the kept
 best checkpoint). `init_from` takes an ImageNet checkpoint of the backbone (a converted official .pth or a
 classification run's DIR/checkpoints/STEP/state: the neck and head start fresh) or a whole converted
-mmseg model (`python -m hatnet_jax.convert --task=segmentation`).
+mmseg model (`python -m hatnet_jax.tools.convert --task=segmentation`).
 """
 import ml_collections
 
@@ -17,7 +17,7 @@ from configs import default
 
 
 def data_config():
-  """config.data of the ADE20K recipe (the fields hatnet_jax.data.seg_pipeline reads)."""
+  """config.data of the ADE20K recipe (the fields hatnet_jax.data.segmentation.pipeline reads)."""
   d = ml_collections.ConfigDict()
   d.dataset = 'ade20k'  # 'ade20k' | 'digit_scenes' | 'digit_scenes/small' | 'seg_folder'
   # Typed, so that --config.data.data_dir=... can set a field that defaults to None.

@@ -5,7 +5,7 @@ canvases, every pixel labelled background or its digit's class), a few CPU minut
   tensorboard --logdir=runs/seg_digits   # mIoU, per-class IoU table, input | truth | prediction panels
 
 The labels are DERIVED: a pixel is its digit's class where the digit's grey level is high, background
-elsewhere, and ignored on the uncertain edges (hatnet_jax/data/digit_scenes.py). The same mmseg transforms
+elsewhere, and ignored on the uncertain edges (hatnet_jax/data/demos/digit_scenes.py). The same mmseg transforms
 as ADE20K run at 1/8 of its scale (crop 64, scale (256, 64)); evaluation is whole-image at the AlignResize
 size, mIoU over 11 classes. `--config=configs/seg_digits.py:tiny` is a smoke-test size for the tests.
 """

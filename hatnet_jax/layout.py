@@ -74,3 +74,16 @@ def batch_rows(mesh: Mesh, batch_size: int, *, what: str = 'config.batch_size') 
   check_batch_size(batch_size, mesh.size, what=what)
   sharding = data_sharding(mesh)
   return (sharding,) + process_rows(sharding, batch_size)
+
+
+def local_rows(array: jax.Array, n: int) -> np.ndarray:
+  """The first `n` rows of a batch-sharded global array that live on this process (no communication)."""
+  shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+  rows, have = [], 0
+  for shard in shards:
+    if have >= n:
+      break
+    data = np.asarray(shard.data)
+    rows.append(data[:n - have])
+    have += len(rows[-1])
+  return np.concatenate(rows)[:n]

@@ -27,7 +27,7 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 def digits_data_dir(tmp_path_factory):
   """A private TFDS data dir with the digits demo dataset prepared once per session (no writes to ~)."""
   from configs import digits  # pylint: disable=g-import-not-at-top
-  from hatnet_jax import data  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data import classification as data  # pylint: disable=g-import-not-at-top
   config = digits.get_config()
   config.data.data_dir = str(tmp_path_factory.mktemp('tfds'))
   data.dataset_info(config.data)  # prepares it, so later (possibly concurrent) runs only read

@@ -9,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tests.param_counts import PARAM_COUNTS
+from tests.references.param_counts import PARAM_COUNTS
 from hatnet_jax import models, tasks
+from tests import REPO_ROOT
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = REPO_ROOT
 CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
 VARIANTS = {'hatnet_tiny': 0.1, 'hatnet_small': 0.1, 'hatnet_medium': 0.3, 'hatnet_large': 0.3}
 

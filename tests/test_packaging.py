@@ -8,7 +8,9 @@ import tomllib
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import REPO_ROOT  # noqa: E402
+
+ROOT = REPO_ROOT
 _CORE_CHECK = '''
 import importlib.util, sys
 import jax, jax.numpy as jnp
@@ -19,7 +21,7 @@ model = models.create('hatnet_tiny', num_classes=1000)
 x = jnp.zeros((2, 64, 64, 3))
 y = model.apply(model.init(jax.random.key(0), x), x)
 assert y.shape == (2, 1000), y.shape
-from hatnet_jax.models import fused_attention, fused_depthwise, fused_group_norm  # C++ sources ship in the package
+from hatnet_jax.models.kernels import fused_attention, fused_depthwise, fused_group_norm  # C++ sources ship in the package
 for kernel in (fused_depthwise, fused_attention, fused_group_norm):
   assert kernel.available(), kernel.unavailable_reason()
 print('core ok')
@@ -68,7 +70,7 @@ def test_dependencies():
 
 
 def test_models_import_without_tensorflow_torch_optax():
-  code = ('import sys; import hatnet_jax.models, hatnet_jax.attention_maps, hatnet_jax.inference; '
+  code = ('import sys; import hatnet_jax.models, hatnet_jax.tools.attention_maps, hatnet_jax.tools.inference; '
           'bad = [m for m in ("tensorflow", "torch", "optax", "orbax", "sklearn") if m in sys.modules]; '
           'assert not bad, bad; print("ok")')
   proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -1,17 +1,15 @@
-"""Input pipeline for HAT-Net: TFDS sources, the PVT/DeiT augmentation recipe, exact evaluation.
-
-Importing this package does not import tensorflow: `mixup` and `augment` are pure JAX, and the
-tf.data / TFDS modules (`pipeline`, `sources`, `transforms`, `digits`) import tensorflow inside their
-functions. The public entry points below load `pipeline` on first call.
-
-    info = data.dataset_info(config.data)          # name, num_classes, num_train, num_eval, ...
-    train_it = data.create_train_iterator(config, mesh, start_step=0)
-    eval_it = data.create_eval_iterator(config, mesh)
-    images, targets = data.mixup.mix_batch(rng, images, labels, num_classes=..., ...)
+"""Input pipelines. The shared core sits here: `sources` (random-access records: TFDS array_record, files,
+memory), `stream` (the (seed, step) index stream, tf.data options, `GlobalBatches` that turns this process's
+rows into global jax.Arrays), `tf_host` (tensorflow imported for the host only) and `testing` (small
+synthetic datasets). One folder per task (`classification/`, `segmentation/`; `detection/` next) holds its
+transforms, augmentation and iterators, and `demos/` the offline datasets built from data that ships in pip
+packages (digits, digit scenes). Imports `layout` only, and tensorflow lazily: importing the package does
+not import it.
 """
-from hatnet_jax.data import augment
-from hatnet_jax.data import mixup
-from hatnet_jax.data import randaugment
+
+from hatnet_jax.data.classification import augment
+from hatnet_jax.data.classification import mixup
+from hatnet_jax.data.classification import randaugment
 
 
 def dataset_info(data_config):
@@ -25,11 +23,11 @@ def create_train_iterator(config, mesh, start_step=0):
 
   Deterministic in (config.seed, step): `start_step=k` continues exactly like an uninterrupted run.
   """
-  from hatnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.classification import pipeline  # pylint: disable=g-import-not-at-top
   return pipeline.create_train_iterator(config, mesh, start_step=start_step)
 
 
 def create_eval_iterator(config, mesh):
   """One exact pass over the eval split: dict(image, label, mask) global batches (mask 0 = padding)."""
-  from hatnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.classification import pipeline  # pylint: disable=g-import-not-at-top
   return pipeline.create_eval_iterator(config, mesh)

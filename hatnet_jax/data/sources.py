@@ -2,10 +2,10 @@
 
 `config.data.dataset` selects:
 
-* ``'imagenet2012'``: TFDS ImageNet prepared (once, `python -m hatnet_jax.data.prepare`) from the two
+* ``'imagenet2012'``: TFDS ImageNet prepared (once, `python -m hatnet_jax.tools.prepare_data`) from the two
   ILSVRC2012 tars in ``config.data.manual_dir``, in the array_record format (random access).
 * ``'digits'``: the real handwritten digits shipped with scikit-learn as a TFDS builder inside this
-  package (`hatnet_jax.data.digits`); prepared on first use in a second.
+  package (`hatnet_jax.data.demos.digits`); prepared on first use in a second.
 * ``'image_folder'``: ``manual_dir/<split>/<class>/*.jpg|jpeg|png`` read through `tfds.ImageFolder`
   (class names, split sizes); files are read by index, nothing is converted.
 * any other TFDS name (``'cifar10'``, ``'imagenette/320px'``, ``'oxford_flowers102:2.1.1'``): image and
@@ -62,7 +62,7 @@ def _process_count():
 
 
 def prepare_command(d, name=None, manual_dir=None):
-  parts = ['python -m hatnet_jax.data.prepare', f'--dataset={name or d.dataset}']
+  parts = ['python -m hatnet_jax.tools.prepare_data', f'--dataset={name or d.dataset}']
   if manual_dir or d.manual_dir:
     parts.append(f'--manual_dir={manual_dir or d.manual_dir}')
   if d.data_dir:
@@ -93,7 +93,7 @@ def get_builder(d):
       raise FileNotFoundError(f'Image folder root {d.manual_dir} does not exist')
     return tfds.ImageFolder(d.manual_dir)
   if d.dataset == DIGITS:
-    from hatnet_jax.data import digits  # pylint: disable=g-import-not-at-top
+    from hatnet_jax.data.demos import digits  # pylint: disable=g-import-not-at-top
     return digits.builder(data_dir=d.data_dir)
   return tfds.builder(d.dataset, data_dir=d.data_dir)
 
@@ -192,7 +192,7 @@ def _array_record_source(builder, split):
         f'{builder.name} in {builder.data_dir} is not in a random-access format (array_record). '
         f'Convert it once with\n  tfds convert_format --dataset_dir={os.path.dirname(builder.data_dir)}'
         f' --out_file_format=array_record\nor prepare it again with python -m '
-        f'hatnet_jax.data.prepare.') from e
+        f'hatnet_jax.tools.prepare_data.') from e
 
 
 class Source:

@@ -5,10 +5,10 @@ Names are a family prefix + a variant name: 'hatnet_tiny' (classifier), 'semfpn_
 import jax.numpy as jnp
 
 from hatnet_jax.models import layers
-from hatnet_jax.models.attention import HMHSA, local_attention
-from hatnet_jax.models.hatnet import HATNet
-from hatnet_jax.models.semfpn import SemanticFPN, backbone_params_from_classifier
-from hatnet_jax.models.variants import VARIANTS, Variant, get_variant
+from hatnet_jax.models.backbone.attention import HMHSA, local_attention
+from hatnet_jax.models.backbone.hatnet import HATNet
+from hatnet_jax.models.semantic_fpn import SemanticFPN, backbone_params_from_classifier
+from hatnet_jax.models.backbone.variants import VARIANTS, Variant, get_variant
 
 __all__ = ['FAMILIES', 'HATNet', 'HMHSA', 'SemanticFPN', 'VARIANTS', 'Variant',
            'backbone_params_from_classifier', 'create', 'family', 'stage_map_sizes', 'get_variant', 'local_attention', 'names']

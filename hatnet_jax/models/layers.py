@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from hatnet_jax.models import fused_depthwise, fused_group_norm
+from hatnet_jax.models.kernels import fused_depthwise, fused_group_norm
 
 Dtype = jnp.dtype
 init_kernel = nn.initializers.truncated_normal(stddev=0.02)  # timm's trunc_normal_(std=.02), cut at +-2 std

@@ -21,7 +21,7 @@ slurm (the submitit launcher), state (what a point's files say), summary (the ta
 
 Each point trains in DIR/<name> (name = the values its swept settings take, e.g.
 `base_lr=0.001,drop_path_rate=0.1`). Everything about a run's progress comes from the run records the
-trainer writes (DIR/<point>/run.json, metrics.jsonl: hatnet_jax.run_record): a point is finished iff its
+trainer writes (DIR/<point>/run.json, metrics.jsonl: hatnet_jax.training.run_record): a point is finished iff its
 run.json says status 'finished' and step == num_steps; finished points are skipped, the others run again
 and resume from their latest checkpoint.
 """

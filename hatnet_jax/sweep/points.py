@@ -112,7 +112,7 @@ def _get(config, key: str) -> Any:
 
 def effective_settings(config, swept: Iterable[str]) -> dict[str, Any]:
   """The values of the swept keys in the resolved config, plus, for a swept `X_epochs` duration, `X_steps`
-  when it is set (a `*_steps` field that is set wins over its `*_epochs` field: hatnet_jax.schedule), so a
+  when it is set (a `*_steps` field that is set wins over its `*_epochs` field: hatnet_jax.training.schedule), so a
   point of `num_epochs=10` run with a sweep-wide `--config.num_steps=20` shows both."""
   out = {}
   for key in swept:

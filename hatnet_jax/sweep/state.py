@@ -8,7 +8,7 @@ import os
 import re
 from typing import Any, Mapping
 
-from hatnet_jax import run_record
+from hatnet_jax.training import run_record
 from hatnet_jax.sweep.points import Point
 
 LOG_FILE = 'sweep.log'  # in DIR/<point>: the output of every attempt of the point, appended

@@ -1,4 +1,9 @@
-"""Tasks: `tasks.create(config)` returns the `base.Task` named by `config.task`."""
+"""Tasks: one module per task (`classification`, `segmentation`; detection next), each a `base.Task` that owns
+its model construction, loss, evaluation outputs and metrics, data iterators and TensorBoard pictures;
+`tasks.create(config)` returns the one named by `config.task`. The training loop calls only `base.Task`'s
+methods. Imports `models`, `data`, `metrics`, `visualization` and `layout`; never `training`, `tools` or
+`sweep`.
+"""
 from hatnet_jax.tasks import base
 from hatnet_jax.tasks.base import DatasetFacts, Task
 

@@ -3,8 +3,8 @@
 A task owns everything that differs between tasks: the dataset's facts, building the model from
 `config.model`, the train loss and its metrics, the eval step's per-batch sums and how they finalise into
 metrics, the data iterators, which metric ranks the best checkpoint, and what it writes to TensorBoard
-beyond scalars. `hatnet_jax.train` runs the loop (steps, logging, evaluation, checkpoints, preemption)
-and knows no task; `hatnet_jax.steps` wraps a task's loss into the optimizer update.
+beyond scalars. `hatnet_jax.training.train` runs the loop (steps, logging, evaluation, checkpoints, preemption)
+and knows no task; `hatnet_jax.training.steps` wraps a task's loss into the optimizer update.
 
 Adding a task: a module in this package with a `Task` subclass, an entry in `tasks.TASKS`, and a config
 whose `task` field names it.

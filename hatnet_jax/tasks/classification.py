@@ -7,9 +7,10 @@ import numpy as np
 import optax
 from absl import logging
 
-from hatnet_jax import data
+from hatnet_jax import layout
 from hatnet_jax import models
-from hatnet_jax.data import crop_resize
+from hatnet_jax.data import classification as data
+from hatnet_jax.data.classification import crop_resize
 from hatnet_jax.tasks import base
 
 TOP_K = 5  # eval reports top-1 and top-k accuracy
@@ -92,14 +93,14 @@ class Classification(base.Task):
     count = self.config.get('log_attention_maps', 0)
     if not count or jax.process_index() != 0:
       return
-    from hatnet_jax import attention_maps, monitor  # pylint: disable=g-import-not-at-top
+    from hatnet_jax.visualization import attention  # pylint: disable=g-import-not-at-top
     it = self.eval_iterator(mesh)
     try:
-      images = monitor.local_rows(next(iter(it))['image'], int(count))
+      images = layout.local_rows(next(iter(it))['image'], int(count))
     finally:
       it.close()
     d = self.config.data
-    panels = attention_maps.attention_images(model, jax.device_get(variables), images, mean=d.mean, std=d.std)
+    panels = attention.attention_images(model, jax.device_get(variables), images, mean=d.mean, std=d.std)
     writer.write_images(step, {'eval_attention_maps': panels})
 
   def describe(self, metrics):

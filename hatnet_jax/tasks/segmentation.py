@@ -6,7 +6,7 @@ its AlignResize size (`data.seg_pipeline` groups the eval split by that shape: o
 shape, no padding of images), its logits are resized back to the original label size with torch's
 bilinear rule (align_corners=False), and argmax predictions go into a [C, C] confusion matrix,
 accumulated on the host in int64 over every eval image exactly once; mIoU, mAcc and aAcc follow from it
-(`hatnet_jax.miou`).
+(`hatnet_jax.metrics.miou`).
 """
 from typing import Any, Mapping
 
@@ -14,9 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hatnet_jax import miou
+from hatnet_jax import layout
 from hatnet_jax import models
+from hatnet_jax.metrics import miou
 from hatnet_jax.tasks import base
+from hatnet_jax.visualization import images as pictures
 
 
 def _source_index(out_size: int, in_size, orig):
@@ -56,7 +58,7 @@ class Segmentation(base.Task):
                        f'got {name!r}')
 
   def _info(self):
-    from hatnet_jax.data import seg_sources  # pylint: disable=g-import-not-at-top
+    from hatnet_jax.data.segmentation import sources as seg_sources  # pylint: disable=g-import-not-at-top
     return seg_sources.dataset_info(self.config.data)
 
   def dataset_facts(self):
@@ -67,11 +69,11 @@ class Segmentation(base.Task):
     return self._facts
 
   def train_iterator(self, mesh, start_step):
-    from hatnet_jax.data import seg_pipeline  # pylint: disable=g-import-not-at-top
+    from hatnet_jax.data.segmentation import pipeline as seg_pipeline  # pylint: disable=g-import-not-at-top
     return seg_pipeline.create_train_iterator(self.config, mesh, start_step=start_step)
 
   def eval_iterator(self, mesh):
-    from hatnet_jax.data import seg_pipeline  # pylint: disable=g-import-not-at-top
+    from hatnet_jax.data.segmentation import pipeline as seg_pipeline  # pylint: disable=g-import-not-at-top
     return seg_pipeline.create_eval_iterator(self.config, mesh)
 
   def create_model(self, num_classes):
@@ -124,16 +126,15 @@ class Segmentation(base.Task):
     count = self.config.get('log_images_count', 0)
     if count <= 0 or jax.process_index() != 0:
       return
-    from hatnet_jax import monitor  # pylint: disable=g-import-not-at-top
     it = self.eval_iterator(mesh)
     try:
       batch = next(iter(it))
     finally:
       it.close()
     pred = jax.jit(lambda v, b: self.predict(model, v, b))(variables, batch)
-    images = monitor.local_rows(batch['image'], count)
-    labels, preds = monitor.local_rows(batch['label'], count), monitor.local_rows(pred, count)
-    sizes = monitor.local_rows(batch['orig_size'], count)
-    shown = monitor.segmentation_panels(images, labels, preds, sizes, self.config.data.mean, self.config.data.std,
+    images = layout.local_rows(batch['image'], count)
+    labels, preds = layout.local_rows(batch['label'], count), layout.local_rows(pred, count)
+    sizes = layout.local_rows(batch['orig_size'], count)
+    shown = pictures.segmentation_panels(images, labels, preds, sizes, self.config.data.mean, self.config.data.std,
                                         self.config.data.ignore_index)
     writer.write_images(step, {'eval_input_truth_prediction': shown})

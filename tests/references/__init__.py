@@ -1,0 +1,1 @@
+"""Independent PyTorch references written from the papers' and mm*'s descriptions, and pinned figures."""
