@@ -25,7 +25,7 @@ NUM_CLASSES = 1000
 def _variants():
   """hatnet_jax/models/backbone/variants.py without importing the hatnet_jax package (which pulls in jax)."""
   spec = importlib.util.spec_from_file_location('_hatnet_variants', os.path.join(REPO, 'hatnet_jax', 'models',
-                                                                                  'variants.py'))
+                                                                                  'backbone', 'variants.py'))
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # dataclasses looks the module up by name
   spec.loader.exec_module(module)
