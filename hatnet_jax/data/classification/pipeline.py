@@ -133,7 +133,7 @@ def train_dataset(src, d, seed, global_batch, lo, hi, start_step=0, num_steps=st
   # Crops of different sizes (device_resize) land in the top-left corners of zeroed canvases.
   ds = ds.padded_batch(n_local, padded_shapes=(crop.shape, [2], [], []), drop_remainder=True)
   ds = ds.map(lambda img, extent, lab, a: dict(image=img, extent=extent, label=lab, skipped=a))
-  return ds.prefetch(2).withstream.options(stream.options(d, threads))
+  return ds.prefetch(2).with_options(stream.options(d, threads))
 
 
 def eval_dataset(src, d, global_batch, lo, hi, threads=None):
@@ -147,7 +147,7 @@ def eval_dataset(src, d, global_batch, lo, hi, threads=None):
   ds = ds.map(lambda p, i, data, label: dict(image=crop(data), label=label, mask=p < num),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(hi - lo, drop_remainder=True)
-  return ds.prefetch(2).withstream.options(stream.options(d, threads))
+  return ds.prefetch(2).with_options(stream.options(d, threads))
 
 
 # ------------------------------------------------------------------------------------------------
