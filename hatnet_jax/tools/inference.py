@@ -273,10 +273,10 @@ def _dataset_class_names(s: Settings) -> list[str] | None:
     return None
   try:
     import ml_collections  # pylint: disable=g-import-not-at-top
-    from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+    from hatnet_jax.data.classification import sources  # pylint: disable=g-import-not-at-top
     d = ml_collections.ConfigDict(dict(dataset=s.dataset, data_dir=s.data_dir, manual_dir=s.manual_dir))
     info = sources.get_builder(d).info
-    _, label_key = sources._feature_keys(info.features, info.supervised_keys)  # pylint: disable=protected-access
+    _, label_key = sources.feature_keys(info.features, info.supervised_keys)
     names = list(info.features[label_key].names or [])
     return names or None
   except Exception:  # pylint: disable=broad-except

@@ -27,17 +27,18 @@ def main(argv=None):
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO)
   from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.classification import sources as cls_sources  # pylint: disable=g-import-not-at-top
   d = ml_collections.ConfigDict(dict(dataset=args.dataset, manual_dir=args.manual_dir,
                                      data_dir=args.data_dir))
   if args.dataset.split('/')[0] in ('ade20k', 'digit_scenes', 'seg_folder'):
     return _prepare_segmentation(args)
-  if args.dataset == sources.IMAGE_FOLDER:
+  if args.dataset == cls_sources.IMAGE_FOLDER:
     print('image_folder needs no preparation: files are read in place.')
     return 0
-  builder = sources.get_builder(d)
+  builder = cls_sources.get_builder(d)
   if builder.name.startswith('imagenet2012'):
     try:
-      sources.check_imagenet_files(d, builder)
+      cls_sources.check_imagenet_files(d, builder)
     except FileNotFoundError as e:
       print(e, file=sys.stderr)
       return 1

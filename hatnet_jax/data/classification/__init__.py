@@ -18,7 +18,7 @@ from hatnet_jax.data.classification import randaugment
 
 def dataset_info(data_config):
   """Cheap metadata of `config.data`'s dataset (no tf.data pipeline): a `sources.DatasetInfo`."""
-  from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.classification import sources  # pylint: disable=g-import-not-at-top
   return sources.dataset_info(data_config)
 
 

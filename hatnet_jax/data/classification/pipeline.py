@@ -47,7 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hatnet_jax import layout
 from hatnet_jax.data.classification import augment as augment_lib
-from hatnet_jax.data import sources
+from hatnet_jax.data.classification import sources
 from hatnet_jax.data import stream
 from hatnet_jax.data.classification import transforms
 

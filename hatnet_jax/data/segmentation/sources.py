@@ -24,6 +24,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from hatnet_jax.data import sources
 from hatnet_jax.data.segmentation import ade20k as ade20k_lib
 from hatnet_jax.data.tf_host import tf
 
@@ -88,10 +89,8 @@ def ensure_prepared(d, builder):
                          f'--manual_dir={manual}{data_dir}')
     logging.info('Preparing ade20k from %s in %s (array_record, ~20 min)', manual,
                  builder.data_dir_root)
-    from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
     sources.prepare_builder(builder, manual_dir=manual)
     return
-  from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
   sources.prepare_builder(builder)
 
 
@@ -293,8 +292,7 @@ def open_split(d, split, cache=None) -> SegSource:
   else:
     builder = get_builder(d)
     ensure_prepared(d, builder)
-    from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
-    ds = sources._array_record_source(builder, split)  # pylint: disable=protected-access
+    ds = sources.array_record_source(builder, split)
     src = SegSource(builder.name, split, len(ds), 'array_record', data_source=ds,
                     where=str(builder.data_dir))
   if src.num_examples == 0:

@@ -16,8 +16,8 @@ tfds = pytest.importorskip('tensorflow_datasets')
 
 from configs import default  # pylint: disable=g-import-not-at-top
 from hatnet_jax.data import classification as data
-from hatnet_jax.data import sources, stream, testing
-from hatnet_jax.data.classification import pipeline
+from hatnet_jax.data import stream, testing
+from hatnet_jax.data.classification import pipeline, sources
 from hatnet_jax.data.demos import digits
 
 SIZE = 16  # small images keep the tests fast; one compiled augmentation serves all tests
