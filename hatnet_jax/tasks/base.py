@@ -1,10 +1,24 @@
 """The seam between the training loop and a task (classification, segmentation, later detection).
 
 A task owns everything that differs between tasks: the dataset's facts, building the model from
-`config.model`, the train loss and its metrics, the eval step's per-batch sums and how they finalise into
+`config.model`, the train loss and its metrics, what the eval step outputs and how those outputs become
 metrics, the data iterators, which metric ranks the best checkpoint, and what it writes to TensorBoard
 beyond scalars. `hatnet_jax.training.train` runs the loop (steps, logging, evaluation, checkpoints, preemption)
 and knows no task; `hatnet_jax.training.steps` wraps a task's loss into the optimizer update.
+
+Evaluation contract. Per eval batch, inside the jitted eval step, `eval_outputs(model, variables, batch)`
+returns a pytree of arrays; the loop moves it to the host (NumPy, gathered across processes: leaves whose
+leading axis is the batch come back with all of the global batch's rows, in order) and hands it to the
+task's accumulator, `eval_accumulator()`, one per weight set (the weights, and their EMA when kept); after the
+last batch, `accumulator.result()` is the task's metrics. Two shapes of it (`hatnet_jax.metrics.accumulate`):
+
+* sums, the simple case and the default: `eval_sums` returns sums over the batch's real examples
+  (batch['mask']); `accumulate.Sums` adds them up in 64 bits and calls `finalize(totals)`. A task of this
+  kind implements `eval_sums` and `finalize` only (classification, segmentation).
+* per-example outputs, for metrics that need every prediction (COCO AP): `eval_outputs` returns arrays with
+  a leading batch axis plus the batch's validity mask (left sharded along the batch on the devices), and
+  `eval_accumulator` returns `accumulate.Examples(finalize_fn)`, which keeps the real rows in eval order and
+  finalises from all of them at once. Such a task overrides `eval_outputs` and `eval_accumulator` instead.
 
 Adding a task: a module in this package with a `Task` subclass, an entry in `tasks.TASKS`, and a config
 whose `task` field names it.
@@ -17,6 +31,8 @@ import jax
 import ml_collections
 import numpy as np
 from flax import linen as nn
+
+from hatnet_jax.metrics import accumulate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +49,7 @@ class Task(abc.ABC):
   """One task: construct with the run's config; every method below is called by the loop or the step."""
 
   name: str = ''
-  best_metric: str = ''  # a key of `finalize`'s result (higher is better): ranks the kept best checkpoint
+  best_metric: str = ''  # a key of the eval metrics (higher is better): ranks the kept best checkpoint
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -74,14 +90,24 @@ class Task(abc.ABC):
                  mutable: tuple[str, ...]) -> tuple[jax.Array, tuple[dict, Any]]:
     """(mean loss, (metrics averaged over the batch, updated mutable collections or {}))."""
 
-  @abc.abstractmethod
+  def eval_outputs(self, model: nn.Module, variables: Mapping[str, Any], batch: dict) -> Any:
+    """One eval batch's outputs for `eval_accumulator` (a pytree of arrays); default: `eval_sums`."""
+    return self.eval_sums(model, variables, batch)
+
   def eval_sums(self, model: nn.Module, variables: Mapping[str, Any], batch: dict) -> dict:
     """Per-batch sums over real examples (batch['mask']) that `finalize` turns into metrics."""
+    raise NotImplementedError(f'{type(self).__name__}: implement eval_sums and finalize, or eval_outputs and '
+                              f'eval_accumulator')
 
   # ---- metrics (host) ----
-  @abc.abstractmethod
+  def eval_accumulator(self) -> accumulate.Accumulator:
+    """A fresh accumulator of `eval_outputs` over one pass of the eval split (`add` per batch, then `result`
+    -> metrics); default: `accumulate.Sums(self.finalize)`."""
+    return accumulate.Sums(self.finalize)
+
   def finalize(self, totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Totals of `eval_sums` over the eval split -> metrics (scalars, and arrays for the task's summaries)."""
+    raise NotImplementedError(f'{type(self).__name__}: implement finalize (with eval_sums), or eval_accumulator')
 
   @abc.abstractmethod
   def describe(self, metrics: Mapping[str, Any]) -> str:

@@ -60,7 +60,7 @@ class Experiment:
   abstract_state: Any  # TrainState of jax.ShapeDtypeStruct with shardings (what restores take)
   shardings: Any
   train_step: Callable  # jitted (state, batch) -> (state, metrics); donates the state
-  eval_step: Callable  # jitted (state, batch) -> {'': sums, 'ema_': sums}
+  eval_step: Callable  # jitted (state, batch) -> {'': task.eval_outputs, 'ema_': the same with the EMA}
   compiler_options: dict | None  # XLA options the steps were jitted with (xla_options; None off CPU)
 
   @classmethod
@@ -91,9 +91,10 @@ class Experiment:
                           ema_decay=config.ema_decay, mesh=mesh),
         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, NamedSharding(mesh, P())),
         donate_argnums=(0,), compiler_options=options)
+    # No out_shardings: sums come out replicated, per-example outputs stay split along the batch like the
+    # batch (no all-gather on the devices when one process holds them all; train.evaluate fetches them).
     eval_step = jax.jit(functools.partial(steps.eval_step, task=task, model=model),
-                        in_shardings=(shardings, batch_sharding), out_shardings=NamedSharding(mesh, P()),
-                        compiler_options=options)
+                        in_shardings=(shardings, batch_sharding), compiler_options=options)
     return cls(config=config, task=task, facts=facts, mesh=mesh, model=model, learning_rate_fn=lr_fn, tx=tx,
                steps_per_epoch=per_epoch, num_steps=num_steps, eval_every=max(eval_every, 1),
                abstract_state=abstract, shardings=shardings, train_step=train_step, eval_step=eval_step,

@@ -110,9 +110,9 @@ def train_step(state: TrainState, batch: dict, *, task, model: nn.Module, tx: op
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, task, model: nn.Module) -> dict[str, dict]:
-  """The task's eval sums for the weights ('') and, when kept, their EMA ('ema_')."""
-  out = {'': task.eval_sums(model, state.variables(), batch)}
+def eval_step(state: TrainState, batch: dict, *, task, model: nn.Module) -> dict[str, Any]:
+  """The task's eval outputs (`Task.eval_outputs`) for the weights ('') and, when kept, their EMA ('ema_')."""
+  out = {'': task.eval_outputs(model, state.variables(), batch)}
   if state.ema_params is not None:
-    out['ema_'] = task.eval_sums(model, state.variables(state.ema_params), batch)
+    out['ema_'] = task.eval_outputs(model, state.variables(state.ema_params), batch)
   return out

@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hatnet_jax import layout
 from hatnet_jax.training import checkpoint
@@ -54,23 +55,25 @@ def prepare_workdir(workdir: str) -> str:
 
 
 def evaluate(exp: experiment.Experiment, state: steps.TrainState) -> dict[str, Any]:
-  """One pass over the eval split: the task's metrics as 'eval_<name>' (and 'eval_ema_<name>' with EMA)."""
-  totals, pending = {}, None
+  """One pass over the eval split: the task's metrics as 'eval_<name>' (and 'eval_ema_<name>' with EMA).
 
-  def add(sums):
-    for prefix, tree in jax.device_get(sums).items():
-      acc = totals.setdefault(prefix, {})
-      for k, v in tree.items():  # accumulated on the host in 64 bits: exact counts over any split size
-        v = np.asarray(v)
-        acc[k] = acc.get(k, 0) + v.astype(np.int64 if v.dtype.kind in 'iu' else np.float64)
+  Each batch's eval outputs (a pytree per weight set) come to the host as NumPy arrays, whole on every
+  process, and go into that weight set's `exp.task.eval_accumulator()`; its `result()` is the metrics."""
+  accumulators, pending = {}, None
+
+  def add(outputs):
+    for prefix, tree in jax.tree.map(np.asarray, jax.device_get(outputs)).items():
+      if prefix not in accumulators:
+        accumulators[prefix] = exp.task.eval_accumulator()
+      accumulators[prefix].add(tree)
 
   eval_it = exp.task.eval_iterator(exp.mesh)
   try:
     for batch in eval_it:
-      sums = exp.eval_step(state, batch)
+      outputs = _whole_on_each_process(exp.eval_step(state, batch), exp.mesh)
       if pending is not None:
-        add(pending)  # fetch the previous batch's sums while this one computes
-      pending = sums
+        add(pending)  # fetch the previous batch's outputs while this one computes
+      pending = outputs
   finally:
     eval_it.close()
   if pending is None:
@@ -78,9 +81,30 @@ def evaluate(exp: experiment.Experiment, state: steps.TrainState) -> dict[str, A
   add(pending)
   host_memory.release_freed_memory()  # the eval step's compilation, the first time (see _compiled)
   metrics = {}
-  for prefix, tree in totals.items():
-    metrics.update({f'eval_{prefix}{k}': v for k, v in exp.task.finalize(tree).items()})
+  for prefix, accumulator in accumulators.items():
+    metrics.update({f'eval_{prefix}{k}': v for k, v in accumulator.result().items()})
   return metrics
+
+
+def _identity(x):
+  return x  # at module level, so that the jitted gather below compiles once per shape
+
+
+def _whole_on_each_process(tree, mesh):
+  """`tree` with every leaf split over several processes (e.g. per-example outputs, sharded along the batch)
+  replicated over the mesh, as `multihost_utils.process_allgather(x, tiled=True)` does, but dispatched
+  asynchronously so the fetch still overlaps the next step; then every leaf can be fetched whole on every
+  process. Single-process: unchanged (jax.device_get assembles the shards, no device communication)."""
+  if jax.process_count() == 1:
+    return tree
+  replicated = NamedSharding(mesh, P())
+
+  def gather(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+      return x
+    return jax.jit(_identity, out_shardings=replicated)(x)
+
+  return jax.tree.map(gather, tree)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
