@@ -31,7 +31,6 @@ The on-device timing also prints its cost per image on the backend present, and 
 --train_step_ms_per_image that cost as a fraction of the train step.
 """
 import argparse
-import io
 import os
 import shutil
 import sys
@@ -43,33 +42,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-
-def make_array_record_dataset(jpegs, data_dir):
-  """A TFDS dataset of the given JPEG bytes, prepared in array_record format (as imagenet2012)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  class BenchJpegs(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version('1.0.0')
-
-    def _info(self):
-      return tfds.core.DatasetInfo(
-          builder=self,
-          features=tfds.features.FeaturesDict({
-              'image': tfds.features.Image(encoding_format='jpeg'),
-              'label': tfds.features.ClassLabel(num_classes=10)}),
-          supervised_keys=('image', 'label'))
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      return {'train': self._generate_examples(), 'validation': self._generate_examples()}
-
-    def _generate_examples(self):
-      for i, jpeg in enumerate(jpegs):
-        yield i, {'image': io.BytesIO(jpeg), 'label': i % 10}  # file object: stored as is
-
-  builder = BenchJpegs(data_dir=data_dir)
-  builder.download_and_prepare(file_format='array_record')
-  return builder.name
+# The benchmark's parts, beside this file (benchmarks/ is on sys.path when it runs as a script).
+from device_augment_timing import time_on_device  # noqa: E402  pylint: disable=g-import-not-at-top
+from jpeg_sources import make_array_record_dataset, repeat_split, write_image_folder  # noqa: E402
+from pil_reference import time_pil  # noqa: E402
+from timm_comparison import TIMM_INSTALL, compare_timm, import_timm, timm_runner  # noqa: E402
 
 
 def measure(ds, seconds, batch):
@@ -84,26 +61,6 @@ def measure(ds, seconds, batch):
 
 
 HOST_RESIZE = 'train, resized on the host (device_resize=0)'
-TIMM_INSTALL = 'python -m pip install --no-deps timm==1.0.31 torchvision==0.16.2'
-
-
-def import_timm():
-  """(timm, torch, torchvision, PIL.Image), or one line saying how to install them and exit 2."""
-  import warnings  # pylint: disable=g-import-not-at-top
-  try:
-    with warnings.catch_warnings():
-      # torchvision.io's image extension is not used here (timm's transform decodes with PIL).
-      warnings.filterwarnings('ignore', message='Failed to load image Python extension')
-      import timm  # pylint: disable=g-import-not-at-top
-      import timm.data  # pylint: disable=g-import-not-at-top,unused-import
-      import torch  # pylint: disable=g-import-not-at-top
-      import torchvision  # pylint: disable=g-import-not-at-top
-      from PIL import Image  # pylint: disable=g-import-not-at-top
-  except (ImportError, RuntimeError) as e:  # RuntimeError: a torchvision built for another torch
-    print(f'--compare_timm needs timm and a torchvision that imports with this torch '
-          f'({type(e).__name__}: {e}); install them with: {TIMM_INSTALL}', file=sys.stderr)
-    sys.exit(2)
-  return timm, torch, torchvision, Image
 
 
 def main(argv=None):
@@ -139,7 +96,7 @@ def main(argv=None):
         f'tensorflow {tf.__version__}')
   tmp = tempfile.mkdtemp(prefix='hatnet_bench_')
   try:
-    timm_run = _timm_runner(jpegs, args) if args.compare_timm else None
+    timm_run = timm_runner(jpegs, args) if args.compare_timm else None
     timm_before = timm_run() if timm_run else None
     _run(args, jpegs, tmp, cores, timm_run, timm_before)
   finally:
@@ -158,11 +115,7 @@ def _run(args, jpegs, tmp, cores, timm_run=None, timm_before=None):
       d.dataset, d.data_dir = name, os.path.join(tmp, 'tfds')
     elif kind == 'files':
       root = os.path.join(tmp, 'folder')
-      for split in ('train', 'validation'):
-        for i, jpeg in enumerate(jpegs):
-          os.makedirs(os.path.join(root, split, f'c{i % 10}'), exist_ok=True)
-          with open(os.path.join(root, split, f'c{i % 10}', f'{i}.jpg'), 'wb') as f:
-            f.write(jpeg)
+      write_image_folder(jpegs, root)
       d.dataset, d.manual_dir = 'image_folder', root
     else:
       raise ValueError(kind)
@@ -173,7 +126,7 @@ def _run(args, jpegs, tmp, cores, timm_run=None, timm_before=None):
           ('train', lambda: pipeline.train_dataset(train_src, d, 0, args.batch, 0, args.batch,
                                                    threads=threads, robust=False)),
           ('eval', lambda: pipeline.eval_dataset(
-              _repeat(eval_src, 1000), d, args.batch, 0, args.batch, threads=threads))):
+              repeat_split(eval_src, 1000), d, args.batch, 0, args.batch, threads=threads))):
         per_cpu, per_wall = measure(make(), args.seconds, args.batch)
         rows.append((kind, label, threads, per_cpu, per_wall))
         print(f'  {kind:12s} {label:5s} threads={threads:2d}: {per_cpu:7.0f} img per CPU-second, '
@@ -193,16 +146,7 @@ def _run(args, jpegs, tmp, cores, timm_run=None, timm_before=None):
             f'CPU-second', flush=True)
 
   if args.compare_pil:
-    for label, fn in (('train', _pil_train), ('eval', _pil_eval)):
-      rnd = np.random.default_rng(0)
-      fn(jpegs[0], args.image_size, rnd)
-      n, c0, w0 = 0, time.process_time(), time.time()
-      while time.time() - w0 < args.seconds:
-        fn(jpegs[n % len(jpegs)], args.image_size, rnd)
-        n += 1
-      per_cpu = n / (time.process_time() - c0)
-      rows.append(('PIL', label, 1, per_cpu, n / (time.time() - w0)))
-      print(f'  {"PIL":12s} {label:5s} 1 thread : {per_cpu:7.0f} img per CPU-second', flush=True)
+    rows += time_pil(jpegs, args)
 
   print('\nSummary (host, per core = images per CPU-second with 1 thread):')
   for kind, label, threads, per_cpu, per_wall in rows:
@@ -215,200 +159,10 @@ def _run(args, jpegs, tmp, cores, timm_run=None, timm_before=None):
     ours = [r for r in rows if r[1] == 'train' and r[2] == 1 and r[0] != 'PIL']
     ours = next((r for r in ours if r[0] == 'array_record'), ours[0] if ours else None)
     host_resize = next((r for r in rows if r[1] == HOST_RESIZE), None)
-    _compare_timm(jpegs, args, ours, host_resize, d.device_resize, timm_run, timm_before)
+    compare_timm(jpegs, args, ours, host_resize, d.device_resize, timm_run, timm_before)
 
   if not args.skip_device:
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from hatnet_jax.data import augment, mixup  # pylint: disable=g-import-not-at-top
-    cfg = augment.AugmentConfig.from_data_config(d)
-    b, canvas = args.batch, int(d.device_resize)
-    # Canvases holding the windows of the generated JPEGs' crops (sizes drawn as RandomResizedCrop does).
-    x = np.zeros((b, canvas, canvas, 3), np.uint8)
-    extents = np.array([_crop_box(np.random.default_rng(i), 375, 500)[2:] for i in range(b)], np.int32)
-    for i, (h, w) in enumerate(extents):
-      x[i, :h, :w] = np.random.default_rng(i).integers(0, 256, (h, w, 3))
-    x, extents = jnp.asarray(x), jnp.asarray(extents)
-    aug = jax.jit(lambda x, s: augment.augment_batch(x, 0, s, cfg, extents))
-    mix = jax.jit(lambda k, x, y: mixup.mix_batch(k, x, y, num_classes=1000))
-    t = time.time()
-    out = aug(x, 0).block_until_ready()
-    compile_s = time.time() - t
-    t, n = time.time(), 0
-    c = time.process_time()
-    while time.time() - t < args.seconds:
-      out = aug(x, n)
-      n += 1
-    out.block_until_ready()
-    aug_rate, aug_cpu = n * b / (time.time() - t), (time.process_time() - c) / (n * b)
-    y = jnp.zeros((b,), jnp.int32)
-    mix(jax.random.key(0), out, y)[0].block_until_ready()
-    t, c, n = time.time(), time.process_time(), 0
-    while time.time() - t < min(args.seconds, 3):
-      r = mix(jax.random.key(n), out, y)
-      n += 1
-    r[0].block_until_ready()
-    mix_rate, mix_cpu = n * b / (time.time() - t), (time.process_time() - c) / (n * b)
-    platform = jax.devices()[0].platform
-    print(f'\nOn-device part on {platform} ({jax.device_count()} device(s)): resize from {canvas}x{canvas} '
-          f'canvases + flip + RandAugment + normalise + erasing {aug_rate:.0f} img/s (compile '
-          f'{compile_s:.0f}s), Mixup/CutMix {mix_rate:.0f} img/s')
-    # Per image (batch {b}): wall time is what a train step on the same backend waits for; CPU time sums
-    # the backend's threads (on a GPU/TPU it is the host's dispatch work only).
-    dev_ms = 1e3 / aug_rate + 1e3 / mix_rate
-    print(f'  per image on {platform}: augmentation {1e3 / aug_rate:.1f} ms wall ({1e3 * aug_cpu:.1f} CPU-ms), '
-          f'Mixup/CutMix {1e3 / mix_rate:.2f} ms wall ({1e3 * mix_cpu:.2f} CPU-ms); together {dev_ms:.1f} ms '
-          f'per image', flush=True)
-    if args.train_step_ms_per_image:
-      print(f'  = {100 * dev_ms / args.train_step_ms_per_image:.1f} % of a train step of '
-            f'{args.train_step_ms_per_image:g} ms per image (--train_step_ms_per_image, same backend)')
-
-
-def _crop_box(rng, height, width):
-  """(top, left, h, w) of a RandomResizedCrop window of a height x width image (timm's sampling, 10
-  tries, then the whole image)."""
-  import math  # pylint: disable=g-import-not-at-top
-  for _ in range(10):
-    area = rng.uniform(0.08, 1.0) * height * width
-    ar = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-    cw, ch = int(round(math.sqrt(area * ar))), int(round(math.sqrt(area / ar)))
-    if cw <= width and ch <= height:
-      return int(rng.integers(0, height - ch + 1)), int(rng.integers(0, width - cw + 1)), ch, cw
-  return 0, 0, height, width
-
-
-def _timm_runner(jpegs, args):
-  """timm's DeiT training transform over the JPEGs, one thread: returns `run() -> (CPU s, wall s, n)` per
-  image over --seconds, called before and after our measurements (the machine's speed drifts), with
-  `run.shimmed` (see `_posterize_zero_bits`)."""
-  import random  # pylint: disable=g-import-not-at-top
-  timm, torch, _, Image = import_timm()
-  torch.set_num_threads(1)
-  shimmed = _posterize_zero_bits(timm)
-  random.seed(0)
-  np.random.seed(0)  # RandAugment draws its ops with numpy's global generator
-  torch.manual_seed(0)
-  transform = timm.data.create_transform(
-      args.image_size, is_training=True, auto_augment='rand-m9-mstd0.5-inc1', interpolation='bicubic',
-      re_prob=0.25, re_mode='pixel', re_count=1)
-
-  def one(jpeg):
-    # PIL decodes the whole image with libjpeg's default IDCT, the accurate integer one (JDCT_ISLOW).
-    return transform(Image.open(io.BytesIO(jpeg)).convert('RGB'))
-
-  assert tuple(one(jpegs[0]).shape) == (3, args.image_size, args.image_size)  # warm up
-
-  def run():
-    n, c0, w0 = 0, time.process_time(), time.time()
-    while time.time() - w0 < args.seconds:
-      one(jpegs[n % len(jpegs)])
-      n += 1
-    return (time.process_time() - c0) / n, (time.time() - w0) / n, n
-
-  run.shimmed = shimmed
-  return run
-
-
-def _compare_timm(jpegs, args, ours, host_resize, canvas, timm_run, timm_before):
-  """Prints timm's cost per image (mean of the runs before and after ours) against `ours`."""
-  timm, torch, torchvision, Image = import_timm()
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from hatnet_jax.data.classification import transforms  # pylint: disable=g-import-not-at-top
-  timm_after = timm_run()
-  timm_cpu, timm_wall = (timm_before[0] + timm_after[0]) / 2, (timm_before[1] + timm_after[1]) / 2
-  n = timm_before[2] + timm_after[2]
-  shimmed = timm_run.shimmed
-  # Same decoder accuracy: PIL's pixels against TF's decode with the pipeline's DCT method.
-  first = jpegs[0]
-  diff = np.abs(np.asarray(Image.open(io.BytesIO(first)).convert('RGB'), np.int16) -
-                tf.io.decode_jpeg(first, channels=3, dct_method=transforms.DCT_METHOD).numpy()).max()
-
-  print(f'\ntimm DeiT train transform vs ours, per image, process CPU time (all threads), '
-        f'image size {args.image_size}:')
-  print(f'  timm {timm.__version__} (torchvision {torchvision.__version__}, torch {torch.__version__}, '
-        f'torch threads {torch.get_num_threads()}), {n} images: PIL decode (accurate integer IDCT, '
-        f'JDCT_ISLOW) + RandomResizedCrop bicubic + flip + RandAugment m9 + ToTensor/normalise + '
-        f'random erasing 0.25')
-  if shimmed:
-    print('  (Posterize with 0 bits, drawn at magnitude 10, gives the all-zero image as older Pillow did, '
-          'and as ours: this Pillow raises there)')
-  print(f'  timm : {1e3 * timm_cpu:6.2f} ms/image, {1 / timm_cpu:6.0f} img per CPU-second '
-        f'({1e3 * timm_wall:.2f} ms wall; before / after ours: {1e3 * timm_before[0]:.2f} / '
-        f'{1e3 * timm_after[0]:.2f} CPU-ms)')
-  if ours is None:
-    print('  ours : not measured (no training source in --sources)')
-    return
-  kind, _, _, per_cpu, _ = ours
-  print(f'  ours : {1e3 / per_cpu:6.2f} ms/image, {per_cpu:6.0f} img per CPU-second (host part: {kind} '
-        f'train, threads=1, TF decode {transforms.DCT_METHOD} fused with RandomResizedCrop, the window '
-        f'padded into a {canvas}x{canvas} canvas: device_resize={canvas})')
-  print(f'  ratio timm / ours: {timm_cpu * per_cpu:.2f}x CPU per image (target >= 2x); ours leaves the '
-        f'resize, flip, RandAugment, normalise, erasing and Mixup/CutMix to the device (timed below unless '
-        f'--skip_device)')
-  if host_resize is not None:
-    per_cpu = host_resize[3]
-    print(f'  ours, resized on the host (device_resize=0, antialiased bicubic to uint8): '
-          f'{1e3 / per_cpu:6.2f} ms/image, ratio {timm_cpu * per_cpu:.2f}x')
-  print(f'  decoders: max |PIL - tf.io.decode_jpeg({transforms.DCT_METHOD})| on the first image = {diff} '
-        f'levels', flush=True)
-
-
-def _posterize_zero_bits(timm):
-  """timm's RandAugment posterize keeps 0 bits at magnitude 10 (m9 with mstd 0.5 reaches it); older Pillow
-  versions returned an all-zero image there, newer ones raise. Gives the zero image (one LUT, as
-  Pillow did) where needed; True if it had to."""
-  from PIL import ImageOps, Image  # pylint: disable=g-import-not-at-top
-  try:
-    ImageOps.posterize(Image.new('RGB', (1, 1)), 0)
-    return False
-  except ValueError:
-    pass
-  ops = timm.data.auto_augment.NAME_TO_OP
-  original = ops['PosterizeIncreasing']
-
-  def posterize(img, bits_to_keep, **kwargs):
-    if bits_to_keep <= 0:
-      return img.point([0] * 256 * len(img.getbands()))
-    return original(img, bits_to_keep, **kwargs)
-
-  for name in ('Posterize', 'PosterizeIncreasing', 'PosterizeOriginal'):
-    if ops.get(name) is original:
-      ops[name] = posterize
-  return True
-
-
-def _pil_train(jpeg, size, rnd):
-  """Reference: the same host work with PIL (what a Python/grain pipeline would run per image):
-  full decode, RandomResizedCrop window, bicubic resize (PIL antialiases), to a uint8 array."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  im = Image.open(io.BytesIO(jpeg)).convert('RGB')
-  w, h = im.size
-  top, left, ch, cw = _crop_box(rnd, h, w)
-  return np.asarray(im.resize((size, size), Image.BICUBIC, box=(left, top, left + cw, top + ch)))
-
-
-def _pil_eval(jpeg, size, rnd):
-  del rnd
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  im = Image.open(io.BytesIO(jpeg)).convert('RGB')
-  w, h = im.size
-  short = int(size / 0.875)
-  nw, nh = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-  im = im.resize((nw, nh), Image.BICUBIC)
-  top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))
-  return np.asarray(im.crop((left, top, left + size, top + size)))
-
-
-def _repeat(src, times):
-  """The eval split repeated (enough batches to measure), as a view of the same source."""
-  from hatnet_jax.data import sources  # pylint: disable=g-import-not-at-top
-
-  class Repeated(sources.Source):
-
-    def lookup(self, indices):
-      return src.lookup(indices % len(src))
-
-  return Repeated(src.name, src.split, len(src) * times, src.num_classes)
+    time_on_device(args, d)
 
 
 if __name__ == '__main__':

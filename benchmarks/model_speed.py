@@ -42,28 +42,23 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
-import types
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default as default_config  # noqa: E402
-from configs import seg_default as seg_config  # noqa: E402
-from hatnet_jax import layout, models, tasks  # noqa: E402
-from hatnet_jax.training import experiment, host_memory, optim  # noqa: E402
+from hatnet_jax import models  # noqa: E402
+from hatnet_jax.training import host_memory  # noqa: E402
+from bare_step import bare_train_step  # noqa: E402
+from host_memory_flag import add_host_memory_flag, apply_host_memory_flag  # noqa: E402
+from step_timing import time_steps, time_steps_alternating  # noqa: E402
+from torch_comparison import bench_torch, bracket_torch, speedups_vs_torch  # noqa: E402
+from train_setup import is_segmentation, setup, unrolled_experiment  # noqa: E402
 
 # Dense bf16 peak TFLOP/s (no sparsity) by device-kind substring, for the default MFU denominator.
 PEAK_BF16_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L4': 121.0, 'TPU v5 lite': 197.0,
                     'TPU v4': 275.0, 'TPU v5p': 459.0}
-NUM_CLASSES = 1000
-SEG_CLASSES = 150  # ADE20K
 
 
 def _peak_tflops(flag_value: float | None) -> float | None:
@@ -73,134 +68,11 @@ def _peak_tflops(flag_value: float | None) -> float | None:
   return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in kind), None)
 
 
-def _time(fn, warmup: int, repeats: int, steps: int) -> list[float]:
-  """Seconds per step of `fn` (which blocks), for each repetition of `steps` steps."""
-  return _time_alternating({'': fn}, warmup, repeats, steps)['']
-
-
-def _time_alternating(fns: dict, warmup: int, repeats: int, steps: int) -> dict[str, list[float]]:
-  """Like `_time` for several functions, whose repetitions alternate (so a busy moment of the machine
-  touches all of them alike): {name: seconds per step for each repetition}."""
-  for fn in fns.values():
-    for _ in range(warmup):
-      fn()
-  out = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      t = time.perf_counter()
-      for _ in range(steps):
-        fn()
-      out[name].append((time.perf_counter() - t) / steps)
-  return out
-
-
 def _peak_memory_bytes() -> tuple[int, str]:
   stats = jax.local_devices()[0].memory_stats() if jax.default_backend() != 'cpu' else None
   if stats and 'peak_bytes_in_use' in stats:
     return int(stats['peak_bytes_in_use']), 'device peak (device 0)'
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'host peak RSS'
-
-
-def _segmentation(args) -> bool:
-  return models.family(args.model)[1] is models.SemanticFPN
-
-
-def _config(args, dtype, remat, attention_impl, global_batch):
-  """The trainer's config for the model: the ImageNet recipe, or the ADE20K one for 'semfpn_*' models."""
-  c = seg_config.get_config() if _segmentation(args) else default_config.get_config()
-  c.model.update(name=args.model, dtype=dtype, remat=remat, attention_impl=attention_impl)
-  c.batch_size = global_batch
-  if _segmentation(args):
-    c.data.crop_size = args.image_size
-  else:
-    c.data.image_size = args.image_size
-  c.num_steps, c.warmup_steps = 1000, 10
-  return c
-
-
-def setup(args, dtype: str, remat: bool, attention_impl: str, per_device: int) -> types.SimpleNamespace:
-  """The trainer's experiment for the model on a 'data' mesh of all local devices, and a synthetic batch on
-  the devices: namespace(mesh, config, facts, exp, batch, images, global_batch, data_sharding)."""
-  mesh = layout.create_mesh(jax.local_devices())
-  global_batch = per_device * mesh.size
-  config = _config(args, dtype, remat, attention_impl, global_batch)
-  num_classes = SEG_CLASSES if _segmentation(args) else NUM_CLASSES
-  facts = tasks.DatasetFacts(name='synthetic', num_classes=num_classes, num_train=1000 * global_batch, num_eval=0)
-  exp = experiment.Experiment.create(config, mesh=mesh, facts=facts)  # the trainer's own step
-  data_sharding = layout.data_sharding(mesh)
-  s = args.image_size
-  images = jax.device_put(np.random.RandomState(0).randn(global_batch, s, s, 3).astype(np.float32), data_sharding)
-  if _segmentation(args):  # per-pixel labels, a tenth of them ignored
-    pixels = np.random.RandomState(1).randint(0, SEG_CLASSES + SEG_CLASSES // 9, (global_batch, s, s))
-    labels = jax.device_put(np.where(pixels >= SEG_CLASSES, 255, pixels).astype(np.int32), data_sharding)
-  else:
-    labels = jax.device_put(np.arange(global_batch, dtype=np.int32) % NUM_CLASSES, data_sharding)
-  return types.SimpleNamespace(mesh=mesh, config=config, facts=facts, exp=exp, batch={'image': images, 'label': labels},
-                               images=images, global_batch=global_batch, data_sharding=data_sharding)
-
-
-def unrolled_experiment(setup_: types.SimpleNamespace) -> experiment.Experiment:
-  """The same experiment with config.model.unroll (every block visible to XLA's cost analysis) and, on CPU,
-  XLA's depthwise, attention and GroupNorm paths: the native kernels are custom calls, whose FLOPs and bytes XLA does
-  not count."""
-  config_u = setup_.config.copy_and_resolve_references()
-  with config_u.unlocked():
-    config_u.model.unroll = True
-    if jax.default_backend() == 'cpu':
-      config_u.model.update(models.xla_paths(config_u.model.get('depthwise_impl', 'auto'),
-                                             config_u.model.get('attention_impl', ''),
-                                             config_u.model.get('norm_impl', 'auto')))
-  return experiment.Experiment.create(config_u, mesh=setup_.mesh, facts=setup_.facts)
-
-
-def bare_train_step(exp: experiment.Experiment):
-  """(jitted step (state, batch) -> (state, loss), init () -> state) of the bare model step: forward, backward
-  and optax.adamw with the config's schedule, betas, eps and weight decay (and its mask) on integer-label
-  cross-entropy; no mixup, EMA, non-finite guard or norms. state = (params, opt_state, model_state, rng),
-  laid out like the trainer's state (layout.state_shardings); the step donates it."""
-  config, model, mesh = exp.config, exp.model, exp.mesh
-  kernels_only = config.get('weight_decay_on', 'kernels') == 'kernels'
-  tx = optax.adamw(exp.learning_rate_fn, b1=config.b1, b2=config.b2, eps=config.eps,
-                   weight_decay=config.weight_decay, mask=optim.weight_decay_mask if kernels_only else None)
-  ignore_index = config.data.ignore_index if exp.task.name == 'segmentation' else None
-  mutable = list(exp.abstract_state.model_state)
-  replicated = NamedSharding(mesh, P())
-  opt_shapes = jax.eval_shape(tx.init, exp.abstract_state.params)
-  shardings = (exp.shardings.params, layout.state_shardings(opt_shapes, mesh, config), exp.shardings.model_state,
-               exp.shardings.rng)
-
-  def step(state, batch):
-    params, opt_state, model_state, rng = state
-    rng, dropout_rng = jax.random.split(rng)
-
-    def loss_fn(p):
-      variables = {'params': p, **model_state}
-      if mutable:
-        logits, new_model_state = model.apply(variables, batch['image'], train=True, rngs={'dropout': dropout_rng},
-                                              mutable=mutable)
-      else:
-        logits, new_model_state = model.apply(variables, batch['image'], train=True,
-                                              rngs={'dropout': dropout_rng}), model_state
-      logits, labels = logits.astype(jnp.float32), batch['label']
-      if ignore_index is None:
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)), new_model_state
-      valid = labels != ignore_index
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
-      return jnp.sum(jnp.where(valid, ce, 0.0)) / labels.size, new_model_state
-
-    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state, dict(model_state), rng), loss
-
-  jitted = jax.jit(step, in_shardings=(shardings, layout.data_sharding(mesh)), out_shardings=(shardings, replicated),
-                   donate_argnums=(0,), compiler_options=exp.compiler_options)
-
-  def init():
-    fresh = exp.init_state()
-    opt_state = jax.jit(tx.init, out_shardings=shardings[1])(fresh.params)
-    return fresh.params, opt_state, dict(fresh.model_state), fresh.rng
-
-  return jitted, init
 
 
 def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: int) -> dict:
@@ -248,7 +120,7 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
         jax.block_until_ready(loss)
 
       fns['bare'] = run_bare
-    times = _time_alternating(fns, args.warmup, args.repeats, args.steps)
+    times = time_steps_alternating(fns, args.warmup, args.repeats, args.steps)
     ips = [global_batch / t for t in times['full']]
     result.update(train_images_per_s=statistics.median(ips), train_images_per_s_min=min(ips),
                   train_images_per_s_max=max(ips))
@@ -265,7 +137,8 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
     compiled_infer = infer.lower(params, images).compile()
     result['infer_compile_s'] = time.perf_counter() - t
     host_memory.release_freed_memory()
-    times = _time(lambda: jax.block_until_ready(compiled_infer(params, images)), args.warmup, args.repeats, args.steps)
+    times = time_steps(lambda: jax.block_until_ready(compiled_infer(params, images)), args.warmup, args.repeats,
+                       args.steps)
     ips = [global_batch / t for t in times]
     result.update(infer_images_per_s=statistics.median(ips), infer_images_per_s_min=min(ips),
                   infer_images_per_s_max=max(ips))
@@ -279,35 +152,6 @@ def bench_jax(args, dtype: str, remat: bool, attention_impl: str, per_device: in
   result['peak_tflops_per_device'] = peak
   result['peak_memory_bytes'], result['peak_memory_kind'] = _peak_memory_bytes()
   return result
-
-
-def bench_torch(args, dtype: str, per_device: int) -> dict:
-  """The PyTorch HAT-Net of the parity tests (tests/references/torch_hatnet.py): AdamW train step and inference on one
-  device (CUDA if available, with bf16 autocast for dtype=bfloat16), run by benchmarks/torch_reference.py in
-  a subprocess so that its peak memory is its own (`torch_peak_memory_bytes`)."""
-  cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'torch_reference.py'),
-         f'--model={args.model}', f'--batch_size={per_device}', f'--image_size={args.image_size}', f'--dtype={dtype}',
-         f'--mode={",".join(args.mode)}', f'--warmup={args.warmup}', f'--repeats={args.repeats}',
-         f'--steps={args.steps}']
-  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  if out.returncode != 0:
-    raise RuntimeError(f'{" ".join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}')
-  return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def bracket_torch(before: dict, after: dict) -> dict:
-  """The PyTorch reference run before and after the JAX measurement, combined: images/s the mean of the two
-  runs (each kept as `torch_{kind}_images_per_s_runs`), peak memory the larger. A shared machine's speed
-  drifts over minutes; bracketing puts both runs' conditions around the JAX one."""
-  out = dict(after)
-  for kind in ('train', 'infer'):
-    key = f'torch_{kind}_images_per_s'
-    if key in before and key in after:
-      out[key] = (before[key] + after[key]) / 2
-      out[key + '_runs'] = [before[key], after[key]]
-  if before.get('torch_peak_memory_bytes') is not None and after.get('torch_peak_memory_bytes') is not None:
-    out['torch_peak_memory_bytes'] = max(before['torch_peak_memory_bytes'], after['torch_peak_memory_bytes'])
-  return out
 
 
 def find_max_batch(args, dtype, remat, attention_impl) -> int:
@@ -362,25 +206,6 @@ def _table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def add_host_memory_flag(parser: argparse.ArgumentParser):
-  """--huge_pages, shared with roofline.py."""
-  parser.add_argument('--huge_pages', type=int, default=1,
-                      help="1: restart with glibc's huge-page tunable on CPU, as main.py does by default "
-                      "(hatnet_jax.training.host_memory, config.cpu_huge_pages), 0: glibc's default")
-
-
-def apply_host_memory_flag(args, from_command_line: bool):
-  """Call right after parsing, before anything else: it may start the program again. Only from the command
-  line (main(argv=None)): called from Python (a test, a notebook) it must not restart the caller's process."""
-  if not args.huge_pages:
-    return
-  if from_command_line:
-    print('host memory: %s (%s)' % host_memory.reexec_with_huge_pages(), flush=True)
-  else:
-    print(f'host memory: not restarted (called from Python; huge pages in effect: {host_memory.in_effect()})',
-          flush=True)
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--model', default='hatnet_tiny', choices=models.names())
@@ -417,17 +242,14 @@ def main(argv=None):
       print(f'largest per-device batch for {args.model} {dtype} remat={remat}: {batches[0]}', flush=True)
     for b in batches:
       torch_before = None
-      if args.compare_torch and not _segmentation(args):  # the PyTorch reference is the classifier
+      if args.compare_torch and not is_segmentation(args):  # the PyTorch reference is the classifier
         torch_before = bench_torch(args, dtype, int(b))
       row = bench_jax(args, dtype, remat, impl, int(b))
       if args.find_max_batch:
         row['max_batch'] = True
       if torch_before is not None:
         row.update(bracket_torch(torch_before, bench_torch(args, dtype, int(b))))
-        for kind in ('train', 'infer'):
-          if f'torch_{kind}_images_per_s' in row and f'{kind}_images_per_s' in row:
-            per_device = row[f'{kind}_images_per_s'] / row['num_devices']
-            row[f'{kind}_speedup_vs_torch'] = per_device / row[f'torch_{kind}_images_per_s']
+        row.update(speedups_vs_torch(row))
       row['command'] = ' '.join(['python', 'benchmarks/model_speed.py'] + (argv if argv is not None else sys.argv[1:]))
       print(json.dumps(row), flush=True)
       if args.json_out:

@@ -11,7 +11,7 @@
    of --stream_mib MiB, y = x * a + b written in place (the input is donated, so no fresh pages are
    touched) and a copy into a donated buffer, counting the bytes read plus written; the larger of the
    two is the roofline's bandwidth.
-2. The step: the trainer's own train step (model_speed.setup: experiment.Experiment.create, synthetic
+2. The step: the trainer's own train step (train_setup.setup: experiment.Experiment.create, synthetic
    batch, --batch_size per device), compiled, median of --steps timed steps after --warmup. Its FLOPs
    and bytes accessed come from XLA's cost analysis of the same step with the stages unrolled (XLA counts
    a scan body once): by default of the compiled (fused) unrolled step, one extra compilation that is
@@ -33,307 +33,35 @@
 Prints a table and one JSON line (also appended to --json_out). Needs no tensorflow.
 """
 import argparse
-import collections
-import dataclasses
-import functools
-import glob
 import json
 import os
-import platform
-import re
 import statistics
 import sys
-import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import model_speed  # noqa: E402  (puts the repository root on sys.path)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hatnet_jax import models  # noqa: E402
-
-COMPUTE = 'matmul/conv'
-MEMORY_CLASSES = ('element-wise', 'reduction', 'data movement')  # the memory-bound classes
-CONTAINERS = ('while', 'call', 'conditional')
-DATA_MOVEMENT = frozenset({
-    'bitcast', 'broadcast', 'concatenate', 'copy', 'dynamic-slice', 'dynamic-update-slice', 'gather', 'iota',
-    'pad', 'parameter', 'reshape', 'reverse', 'scatter', 'slice', 'transpose', 'constant', 'tuple',
-    'get-tuple-element', 'bitcast-convert'})
-DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4, 'u32': 4,
-               'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
+from hlo_index import COMPUTE, HloIndex  # noqa: E402
+from host_memory_flag import add_host_memory_flag, apply_host_memory_flag  # noqa: E402
+from machine_limits import cpu_name, jax_matmul_gflops, stream_gbs, torch_matmul_gflops  # noqa: E402
+from step_profile import profile_step  # noqa: E402
+from step_timing import time_steps  # noqa: E402
+from train_setup import setup, unrolled_experiment  # noqa: E402
 
 
-# ---------------------------------------------------------------- 1. limits
-
-def _best_seconds(fn, repeats: int) -> float:
-  """Fastest of `repeats` calls of `fn` (which blocks), after one untimed call."""
-  fn()
-  best = float('inf')
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t)
-  return best
-
-
-def jax_matmul_gflops(sizes, repeats: int) -> dict[int, float]:
-  """{n: GFLOP/s of a jitted float32 n x n @ n x n jnp.dot}."""
-  out = {}
-  for n in sizes:
-    a, b = (jax.random.normal(jax.random.PRNGKey(i), (n, n), jnp.float32) for i in (0, 1))
-    mm = jax.jit(jnp.dot).lower(a, b).compile()
-    out[n] = 2 * n ** 3 / _best_seconds(lambda: mm(a, b).block_until_ready(), repeats) / 1e9
-    del a, b
-  return out
-
-
-def torch_matmul_gflops(sizes, repeats: int) -> tuple[dict[int, float], dict]:
-  """({n: GFLOP/s of torch.mm}, facts about torch), or ({}, {}) without torch."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return {}, {}
-  out = {}
-  for n in sizes:
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    out[n] = 2 * n ** 3 / _best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
-  return out, dict(torch=torch.__version__, torch_threads=torch.get_num_threads())
-
-
-def stream_gbs(mib: int, repeats: int) -> dict[str, float]:
-  """GB/s (1e9 bytes read + written per second) of y = x * a + b in place and of a copy, on a float32
-  array of `mib` MiB (rows of 1024 elements)."""
-  rows = max(1, mib * 2 ** 20 // 4 // 1024)
-  nbytes = rows * 1024 * 4
-  scale_add = jax.jit(lambda x: x * jnp.float32(1.0001) + jnp.float32(0.5), donate_argnums=0)
-  # A full-size dynamic_update_slice of the donated y: x is read, y's buffer written (a copy).
-  copy = jax.jit(lambda x, y: jax.lax.dynamic_update_slice(y, x, (0, 0)), donate_argnums=1)
-  holder = {'x': jnp.zeros((rows, 1024), jnp.float32), 'y': jnp.ones((rows, 1024), jnp.float32)}
-
-  def run_scale_add():
-    holder['x'] = scale_add(holder['x'])
-    holder['x'].block_until_ready()
-
-  def run_copy():
-    holder['y'] = copy(holder['x'], holder['y'])
-    holder['y'].block_until_ready()
-
-  out = {'scale_add': 2 * nbytes / _best_seconds(run_scale_add, repeats) / 1e9,
-         'copy': 2 * nbytes / _best_seconds(run_copy, repeats) / 1e9}
-  del holder
-  return out
-
-
-# ---------------------------------------------------------------- HLO text
-
-@dataclasses.dataclass
-class Instr:
-  name: str
-  opcode: str
-  computation: str
-  result_bytes: int
-  operands: list[str]
-  calls: list[str]
-  op_name: str
-  custom_target: str
-  scalar: bool  # a rank-0 result (index arithmetic, reduction bodies)
-  shape: str  # the result type without layouts, e.g. 'f32[16,56,56,384]'
-
-
-def _type_bytes(type_str: str) -> int:
-  total = 0
-  for dtype, dims in re.findall(r'\b([a-z]+[0-9]*)\[([0-9,]*)\]', type_str):
-    if dtype in DTYPE_BYTES:
-      total += DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(',') if d], dtype=np.int64))
-  return total
-
-
-def _split_args(rest: str) -> tuple[str, str]:
-  """'a, b), attrs' -> ('a, b', 'attrs'): the operand list up to its closing parenthesis."""
-  depth = 1
-  for i, ch in enumerate(rest):
-    depth += {'(': 1, ')': -1}.get(ch, 0)
-    if depth == 0:
-      return rest[:i], rest[i + 1:]
-  return rest, ''
-
-
-_INSTR = re.compile(r'^\s+(?:ROOT\s+)?%([^\s=]+)\s*=\s*(.*?)\s([a-z][a-z0-9\-]*)\((.*)$')
-_COMPUTATION = re.compile(r'^(?:ENTRY\s+)?%([^\s(]+)\s.*\{\s*$')
-
-
-def parse_hlo(text: str) -> tuple[str, dict[str, Instr], dict[str, list[str]]]:
-  """(module name, {instruction name: Instr}, {computation: its instruction names}) of HLO text."""
-  module = re.search(r'HloModule\s+([^\s,]+)', text)
-  instrs, comps, comp = {}, collections.defaultdict(list), ''
-  for line in text.splitlines():
-    m = _COMPUTATION.match(line)
-    if m and not line.startswith(' '):
-      comp = m.group(1)
-      continue
-    m = _INSTR.match(line)
-    if not m:
-      continue
-    name, type_str, opcode, rest = m.groups()
-    args, attrs = _split_args(rest)
-    calls = re.findall(r'(?:calls|to_apply|body|condition)=%([^\s,}]+)', attrs)
-    for group in re.findall(r'(?:calls|branch_computations)=\{([^}]*)\}', attrs):
-      calls += re.findall(r'%([^\s,}]+)', group)
-    op_name = re.search(r'op_name="([^"]*)"', attrs)
-    target = re.search(r'custom_call_target="([^"]*)"', attrs)
-    instrs[name] = Instr(name=name, opcode=opcode, computation=comp, result_bytes=_type_bytes(type_str),
-                         operands=re.findall(r'%([^\s,)]+)', args), calls=calls,
-                         op_name=op_name.group(1) if op_name else '', custom_target=target.group(1) if target else '',
-                         scalar=re.fullmatch(r'[a-z]+[0-9]*\[\]', type_str.strip()) is not None,
-                         shape=re.sub(r'\{[^}]*\}', '', type_str).strip())
-    comps[comp].append(name)
-  return (module.group(1) if module else ''), instrs, dict(comps)
-
-
-class HloIndex:
-  """Classifies and sizes the instructions of a compiled module's HLO text."""
-
-  def __init__(self, text: str):
-    self.module, self.instrs, self.comps = parse_hlo(text)
-
-  @functools.lru_cache(maxsize=None)
-  def opcodes(self, comp: str) -> frozenset:
-    """The opcodes in a computation and the computations it calls: of every array-valued instruction, and
-    of the reductions, dots and convolutions (scalar index arithmetic and reduction bodies are left out)."""
-    out = set()
-    for name in self.comps.get(comp, ()):
-      ins = self.instrs[name]
-      if not ins.scalar or ins.opcode in ('reduce', 'reduce-window', 'dot', 'convolution'):
-        out.add(ins.opcode)
-      for c in ins.calls:
-        out |= self.opcodes(c)
-    return frozenset(out)
-
-  def classify(self, name: str) -> str:
-    ins = self.instrs.get(name)
-    if ins is None:  # not in the text: by the name alone
-      base = kind_of(name)
-      return COMPUTE if base.startswith(('dot', 'convolution', 'conv_general', 'onednn', 'xnn')) else 'element-wise'
-    ops = {ins.opcode}
-    for c in ins.calls:
-      ops |= self.opcodes(c)
-    target = ins.custom_target.lower()
-    # The native attention kernels are batched products with their softmax in between: matmul work.
-    if ops & {'dot', 'convolution'} or any(k in target for k in ('matmul', 'conv', 'gemm', 'dot', 'attention')):
-      return COMPUTE
-    if ops & {'reduce', 'reduce-window', 'select-and-scatter'}:
-      return 'reduction'
-    if not ops - {'fusion'}:  # scalar work only (loop counters, index arithmetic)
-      return 'element-wise'
-    if ops - {'fusion'} <= DATA_MOVEMENT:
-      return 'data movement'
-    return 'element-wise'
-
-  def bytes(self, name: str) -> int:
-    """Result plus operand bytes of one execution (0 if unknown)."""
-    ins = self.instrs.get(name)
-    if ins is None:
-      return 0
-    return ins.result_bytes + sum(self.instrs[o].result_bytes for o in ins.operands if o in self.instrs)
-
-  def shape(self, name: str) -> str:
-    ins = self.instrs.get(name)
-    return ins.shape if ins else ''
-
-  def op_name(self, name: str) -> str:
-    ins = self.instrs.get(name)
-    return short_op_name(ins.op_name) if ins else '(not in the HLO text)'
-
-  def is_container(self, name: str) -> bool:
-    ins = self.instrs.get(name)
-    return ins.opcode in CONTAINERS if ins else name.startswith(CONTAINERS)
-
-
-def kind_of(name: str) -> str:
-  """'multiply_add_fusion.37' -> 'multiply_add_fusion'."""
-  return re.sub(r'\.\d+$', '', name)
-
-
-def short_op_name(op_name: str) -> str:
-  """The model op of an HLO op_name: fwd/bwd, the module path without jit/scan wrappers."""
-  s = re.sub(r'^jit\([^)]*\)/', '', op_name)
-  s = re.sub(r'^transpose\(jvp\(([^)]*)\)\)/', r'bwd \1/', s)
-  s = re.sub(r'^jvp\(([^)]*)\)/', r'fwd \1/', s)
-  if not op_name:
-    return '(inserted by XLA)'
-  if not s.startswith(('fwd ', 'bwd ')):
-    s = 'step: ' + s  # outside the model: loss, optimizer, guards
-  s = s.replace('/while/body/closed_call', '').replace('/while/body', '')
-  return s if len(s) <= 90 else '...' + s[-87:]
-
-
-# ---------------------------------------------------------------- 3. profile
-
-def kernel_events(xplane_path: str, module: str) -> list[tuple[str, int]]:
-  """[(HLO instruction name, duration ns)] of every kernel of `module` in a profile (see the docstring)."""
-  from jax._src.lib import _profile_data  # pylint: disable=g-import-not-at-top
-  out = []
-  for plane in _profile_data.ProfileData.from_file(xplane_path).planes:
-    for line in plane.lines:
-      for event in line.events:
-        name = event.name
-        if name.startswith(('end: ', 'ThunkExecutor', 'ThreadpoolListener')):
-          continue
-        stats = dict(event.stats)
-        if 'hlo_op' not in stats or (module and stats.get('hlo_module', module) != module):
-          continue
-        out.append((str(stats['hlo_op']), int(event.duration_ns)))
-  return out
-
-
-def profile_step(run_step, hlo: HloIndex, top: int) -> dict:
-  """Runs one step under the profiler and breaks its kernel time down (see the docstring)."""
-  with tempfile.TemporaryDirectory() as d:
-    t = time.perf_counter()
-    with jax.profiler.trace(d):
-      run_step()
-    wall = time.perf_counter() - t
-    paths = glob.glob(os.path.join(d, '**', '*.xplane.pb'), recursive=True)
-    if not paths:
-      raise RuntimeError(f'jax.profiler.trace wrote no .xplane.pb under {d}')
-    events = kernel_events(paths[0], hlo.module)
-  events = [(n, ns) for n, ns in events if not hlo.is_container(n)]
-  total = sum(ns for _, ns in events) or 1
-  by_class = collections.Counter()
-  kinds = collections.defaultdict(lambda: {'ns': 0, 'count': 0, 'bytes': 0, 'by_name': collections.Counter()})
-  for name, ns in events:
-    cls = hlo.classify(name)
-    by_class[cls] += ns
-    k = kinds[(kind_of(name), cls)]
-    k['ns'] += ns
-    k['count'] += 1
-    k['bytes'] += hlo.bytes(name)
-    k['by_name'][name] += ns
-  rows = []
-  for (kind, cls), k in sorted(kinds.items(), key=lambda kv: -kv[1]['ns'])[:top]:
-    costliest = k['by_name'].most_common(1)[0][0]
-    rows.append(dict(kind=kind, cls=cls, count=k['count'], ms=k['ns'] / 1e6, share=k['ns'] / total,
-                     gbs=k['bytes'] / k['ns'] if k['bytes'] else None, costliest=costliest,
-                     costliest_ms=k['by_name'][costliest] / 1e6, shape=hlo.shape(costliest),
-                     op=hlo.op_name(costliest)))
-  shares = {c: by_class[c] / total for c in (COMPUTE,) + MEMORY_CLASSES}
-  return dict(profile_wall_s=wall, kernel_thread_s=total / 1e9, num_kernel_events=len(events),
-              class_shares=shares, memory_bound_share=sum(shares[c] for c in MEMORY_CLASSES), top_kinds=rows)
-
-
-# ---------------------------------------------------------------- 2. the step
+# ---------------------------------------------------------------- the step (part 2 of the docstring)
 
 def bench_step(args) -> tuple[dict, callable, HloIndex]:
   """Cost analysis and timing of the trainer's train step; also (a function running one step, HLO index)."""
   ns = argparse.Namespace(model=args.model, image_size=args.image_size)
-  su = model_speed.setup(ns, args.dtype, False, '', args.batch_size)
+  su = setup(ns, args.dtype, False, '', args.batch_size)
   out = dict(model=args.model, batch_per_device=args.batch_size, image_size=args.image_size, dtype=args.dtype,
              num_devices=su.mesh.size, global_batch=su.global_batch)
 
-  exp_u = model_speed.unrolled_experiment(su)
+  exp_u = unrolled_experiment(su)
   lowered_u = exp_u.train_step.lower(exp_u.abstract_state, su.batch)
   cost = lowered_u.cost_analysis()
   out.update(flops_lowered=float(cost['flops']), bytes_unfused=float(cost['bytes accessed']))
@@ -360,13 +88,7 @@ def bench_step(args) -> tuple[dict, callable, HloIndex]:
     holder[0], metrics = compiled(holder[0], su.batch)
     jax.block_until_ready(metrics['train_loss'])
 
-  for _ in range(args.warmup):
-    run_step()
-  times = []
-  for _ in range(args.steps):
-    t = time.perf_counter()
-    run_step()
-    times.append(time.perf_counter() - t)
+  times = time_steps(run_step, args.warmup, args.steps, 1)
   out.update(step_s=statistics.median(times), step_s_min=min(times), step_s_max=max(times),
              images_per_s=su.global_batch / statistics.median(times))
   return out, run_step, HloIndex(compiled.as_text())
@@ -384,17 +106,6 @@ def roofline(limits: dict, step: dict) -> dict:
 
 
 # ---------------------------------------------------------------- output
-
-def _cpu_name() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
 
 def report(r: dict) -> str:
   sizes = lambda d: ', '.join(f'{n}: {v:.1f}' for n, v in d.items())
@@ -459,12 +170,12 @@ def main(argv=None):
   parser.add_argument('--skip_profile', action='store_true', help='no profile / op breakdown')
   parser.add_argument('--top', type=int, default=12, help='fusion kinds listed')
   parser.add_argument('--json_out', default='', help='append the JSON line to this file')
-  model_speed.add_host_memory_flag(parser)
+  add_host_memory_flag(parser)
   args = parser.parse_args(argv)
-  model_speed.apply_host_memory_flag(args, from_command_line=argv is None)
+  apply_host_memory_flag(args, from_command_line=argv is None)
 
   sizes = [int(n) for n in args.matmul_sizes.split(',')]
-  r = dict(cpu=_cpu_name(), cpu_count=os.cpu_count(), jax=jax.__version__, backend=jax.default_backend(),
+  r = dict(cpu=cpu_name(), cpu_count=os.cpu_count(), jax=jax.__version__, backend=jax.default_backend(),
            device=jax.devices()[0].device_kind)
   r['matmul_gflops_jax'] = jax_matmul_gflops(sizes, args.repeats)
   r['peak_gflops'] = max(r['matmul_gflops_jax'].values())

@@ -8,8 +8,11 @@ import pytest
 
 from tests import REPO_ROOT
 sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
+import host_memory_flag  # noqa: E402
 import input_pipeline  # noqa: E402
 import model_speed  # noqa: E402
+import timm_comparison  # noqa: E402
+import torch_comparison  # noqa: E402
 
 
 @pytest.mark.slow  # compilations of the trainer's and the bare step, the PyTorch reference twice: ~2-4 min here
@@ -55,7 +58,7 @@ def test_input_pipeline_smallest_setting():
 
 @pytest.mark.slow  # TF and torch start-up and a moment per pipeline: ~30 s here
 def test_input_pipeline_compare_timm():
-  pytest.importorskip('timm', reason=f'--compare_timm needs timm: {input_pipeline.TIMM_INSTALL}')
+  pytest.importorskip('timm', reason=f'--compare_timm needs timm: {timm_comparison.TIMM_INSTALL}')
   import subprocess  # pylint: disable=g-import-not-at-top
   repo = REPO_ROOT
   out = subprocess.run([sys.executable, os.path.join(repo, 'benchmarks', 'input_pipeline.py'), '--num_images=8',
@@ -78,16 +81,16 @@ def test_input_pipeline_compare_timm_without_timm(monkeypatch, capsys):
   captured = capsys.readouterr()
   assert captured.out == ''
   err = captured.err.strip()
-  assert len(err.splitlines()) == 1 and input_pipeline.TIMM_INSTALL in err and 'Traceback' not in err, err
+  assert len(err.splitlines()) == 1 and timm_comparison.TIMM_INSTALL in err and 'Traceback' not in err, err
 
 
 def test_called_from_python_the_benchmark_does_not_restart_the_caller(monkeypatch, capsys):
   # From the command line it restarts itself with glibc's huge-page tunable; from a test or a notebook that
   # would restart the caller's own process (pytest, from its first test).
   monkeypatch.setattr(os, 'execve', lambda *a: pytest.fail('the calling process was restarted'))
-  monkeypatch.setattr(model_speed.host_memory, 'why_not', lambda: None)
+  monkeypatch.setattr(host_memory_flag.host_memory, 'why_not', lambda: None)
   monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
-  model_speed.apply_host_memory_flag(argparse.Namespace(huge_pages=1), from_command_line=False)
+  host_memory_flag.apply_host_memory_flag(argparse.Namespace(huge_pages=1), from_command_line=False)
   assert 'not restarted (called from Python' in capsys.readouterr().out
 
 
@@ -96,7 +99,7 @@ def test_bracketed_torch_figures_are_the_mean_of_both_runs_and_the_larger_peak()
             'torch': '2.x'}
   after = {'torch_train_images_per_s': 6.0, 'torch_infer_images_per_s': 10.0, 'torch_peak_memory_bytes': 5,
            'torch': '2.x'}
-  row = model_speed.bracket_torch(before, after)
+  row = torch_comparison.bracket_torch(before, after)
   assert row['torch_train_images_per_s'] == 5.0 and row['torch_train_images_per_s_runs'] == [4.0, 6.0]
   assert row['torch_infer_images_per_s'] == 15.0 and row['torch_peak_memory_bytes'] == 7
   assert row['torch'] == '2.x'

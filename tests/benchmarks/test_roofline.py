@@ -1,4 +1,5 @@
-"""benchmarks/roofline.py: the HLO classification and profile breakdown on small functions, and a smoke run."""
+"""benchmarks/roofline.py and its parts (hlo_index, step_profile, machine_limits): the HLO classification and
+profile breakdown on small functions, the limits' micro-benchmarks, and a smoke run."""
 import json
 import os
 import sys
@@ -11,7 +12,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tests import REPO_ROOT
 sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
+import hlo_index  # noqa: E402
+import machine_limits  # noqa: E402
 import roofline  # noqa: E402
+import step_profile  # noqa: E402
 
 
 def _compiled_small():
@@ -29,20 +33,20 @@ def _compiled_small():
 
 def test_hlo_index_classifies_and_sizes():
   compiled, _ = _compiled_small()
-  hlo = roofline.HloIndex(compiled.as_text())
+  hlo = hlo_index.HloIndex(compiled.as_text())
   assert hlo.module.startswith('jit_f')
   classes = {hlo.classify(n) for n, ins in hlo.instrs.items() if ins.computation and ins.opcode != 'parameter'}
-  assert roofline.COMPUTE in classes
+  assert hlo_index.COMPUTE in classes
   dots = [n for n, ins in hlo.instrs.items() if ins.opcode in ('dot', 'fusion', 'custom-call')
-          and hlo.classify(n) == roofline.COMPUTE]
+          and hlo.classify(n) == hlo_index.COMPUTE]
   assert dots
   # The matmul reads x (64x256) and w (256x128) and writes 64x128 f32 (within a fusion it may read more).
   assert max(hlo.bytes(n) for n in dots) >= 4 * (64 * 256 + 256 * 128 + 64 * 128)
   # Names the profiler does not find in the text are classified by their name.
-  assert hlo.classify('dot.99999') == roofline.COMPUTE
+  assert hlo.classify('dot.99999') == hlo_index.COMPUTE
   assert hlo.classify('multiply_add_fusion.99999') == 'element-wise'
-  assert roofline.kind_of('multiply_add_fusion.37') == 'multiply_add_fusion'
-  assert roofline.kind_of('copy') == 'copy'
+  assert hlo_index.kind_of('multiply_add_fusion.37') == 'multiply_add_fusion'
+  assert hlo_index.kind_of('copy') == 'copy'
 
 
 def test_hlo_classes_of_a_handwritten_module():
@@ -95,9 +99,9 @@ ENTRY %main (x: f32[8,16], w: f32[16,4], u: f32[4,8], v: f32[1,8], j: s32[]) -> 
   ROOT %t = (f32[8,4]{1,0}, f32[8]{0}) tuple(%ynn_fusion.3, %ynn_fusion.4)
 }
 """
-  hlo = roofline.HloIndex(text)
+  hlo = hlo_index.HloIndex(text)
   assert hlo.module == 'jit_g'
-  assert hlo.classify('ynn_fusion.3') == roofline.COMPUTE  # a YNNPACK fusion with a dot
+  assert hlo.classify('ynn_fusion.3') == hlo_index.COMPUTE  # a YNNPACK fusion with a dot
   assert hlo.classify('ynn_fusion.4') == 'reduction'  # a YNNPACK fusion with a reduce
   assert hlo.classify('bitcast_dynamic-update-slice_fusion.2') == 'data movement'  # index arithmetic left out
   assert hlo.classify('tanh_fusion') == 'element-wise'
@@ -108,20 +112,20 @@ ENTRY %main (x: f32[8,16], w: f32[16,4], u: f32[4,8], v: f32[1,8], j: s32[]) -> 
   assert hlo.op_name('ynn_fusion.4') == 'step: reduce_sum'
   assert hlo.op_name('tanh_fusion') == '(inserted by XLA)'
   assert hlo.shape('ynn_fusion.3') == 'f32[8,4]' and hlo.shape('wrapped_add') == 's32[]'
-  assert roofline.short_op_name('jit(train_step)/transpose(jvp(HATNet))/HATNet.features/stage2/while/body/'
+  assert hlo_index.short_op_name('jit(train_step)/transpose(jvp(HATNet))/HATNet.features/stage2/while/body/'
                                 'closed_call/blocks/conv/fc2') == 'bwd HATNet/HATNet.features/stage2/blocks/conv/fc2'
 
 
 def test_profile_step_breaks_down_kernel_time():
   compiled, (x, w) = _compiled_small()
-  hlo = roofline.HloIndex(compiled.as_text())
-  out = roofline.profile_step(lambda: jax.block_until_ready(compiled(x, w)), hlo, top=5)
+  hlo = hlo_index.HloIndex(compiled.as_text())
+  out = step_profile.profile_step(lambda: jax.block_until_ready(compiled(x, w)), hlo, top=5)
   assert out['num_kernel_events'] > 0 and out['kernel_thread_s'] > 0
   assert abs(sum(out['class_shares'].values()) - 1.0) < 1e-6
-  assert set(out['class_shares']) == {roofline.COMPUTE, *roofline.MEMORY_CLASSES}
+  assert set(out['class_shares']) == {hlo_index.COMPUTE, *hlo_index.MEMORY_CLASSES}
   assert 0 < len(out['top_kinds']) <= 5
   assert abs(sum(k['share'] for k in out['top_kinds']) - 1.0) < 1e-6 or len(out['top_kinds']) == 5
-  assert out['class_shares'][roofline.COMPUTE] > 0
+  assert out['class_shares'][hlo_index.COMPUTE] > 0
   assert all(k['shape'] and k['costliest_ms'] > 0 for k in out['top_kinds'])
 
 
@@ -138,8 +142,8 @@ def test_compiled_cost_is_per_device():
 
 
 def test_limits_micro_benchmarks_run():
-  assert set(roofline.jax_matmul_gflops([64], repeats=1)) == {64}
-  stream = roofline.stream_gbs(1, repeats=1)
+  assert set(machine_limits.jax_matmul_gflops([64], repeats=1)) == {64}
+  stream = machine_limits.stream_gbs(1, repeats=1)
   assert stream['scale_add'] > 0 and stream['copy'] > 0
 
 
