@@ -12,7 +12,7 @@ def time_on_device(args, d):
   """Times and prints the on-device augmentation of batches of --batch images, data config `d`."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from hatnet_jax.data import augment, mixup  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.classification import augment, mixup  # pylint: disable=g-import-not-at-top
   cfg = augment.AugmentConfig.from_data_config(d)
   b, canvas = args.batch, int(d.device_resize)
   # Canvases holding the windows of the generated JPEGs' crops (sizes drawn as RandomResizedCrop does).

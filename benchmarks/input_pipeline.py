@@ -85,7 +85,8 @@ def main(argv=None):
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
-  from hatnet_jax.data import pipeline, sources, testing  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data import testing  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.classification import pipeline, sources  # pylint: disable=g-import-not-at-top,unused-import
 
   cores = os.cpu_count()
   rng = np.random.default_rng(0)
@@ -105,7 +106,7 @@ def main(argv=None):
 
 def _run(args, jpegs, tmp, cores, timm_run=None, timm_before=None):
   from configs import default  # pylint: disable=g-import-not-at-top
-  from hatnet_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.classification import pipeline, sources  # pylint: disable=g-import-not-at-top
   d = default.get_config().data
   d.image_size = args.image_size
   rows = []
