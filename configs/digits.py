@@ -9,13 +9,17 @@ seconds), used by the tests.
 
 from configs import default
 
+# The backbone of both digits demos: a 4-stage HAT-Net with one block per stage at widths 32..128 (0.6M
+# parameters). configs/seg_digits.py builds its Semantic FPN on the same one, so that this demo's checkpoint
+# starts the segmentation backbone (configs/seg_digits.py:pretrained).
+BACKBONE = dict(dims=(32, 64, 96, 128), head_dim=16, depths=(1, 1, 1, 1), expansions=(4, 4, 4, 4),
+                grid_sizes=(2, 1, 1, 1), ds_ratios=(2, 1, 1, 1), kernel_sizes=(3, 3, 3, 3), stem_dim=16)
+
 
 def get_config(variant: str = ''):
   c = default.get_config()
-  # A 4-stage HAT-Net with one block per stage at widths 32..128 (0.6M parameters).
   c.model.name = 'hatnet_tiny'
-  c.model.update(dict(dims=(32, 64, 96, 128), head_dim=16, depths=(1, 1, 1, 1), expansions=(4, 4, 4, 4),
-                      grid_sizes=(2, 1, 1, 1), ds_ratios=(2, 1, 1, 1), kernel_sizes=(3, 3, 3, 3), stem_dim=16))
+  c.model.update(BACKBONE)
   c.model.drop_path_rate = 0.0
   c.model.head_drop_rate = 0.0
 

@@ -9,6 +9,7 @@ elsewhere, and ignored on the uncertain edges (hatnet_jax/data/demos/digit_scene
 as ADE20K run at 1/8 of its scale (crop 64, scale (256, 64)); evaluation is whole-image at the AlignResize
 size, mIoU over 11 classes. `--config=configs/seg_digits.py:tiny` is a smoke-test size for the tests.
 """
+from configs import digits
 from configs import seg_default
 
 
@@ -26,9 +27,7 @@ def data_config(small: bool = False):
 def get_config(variant: str = ''):
   c = seg_default.get_config()
   c.model.name = 'semfpn_hatnet_tiny'
-  c.model.update(dict(dims=(32, 64, 96, 128), head_dim=16, depths=(1, 1, 1, 1), expansions=(4, 4, 4, 4),
-                      grid_sizes=(2, 1, 1, 1), ds_ratios=(2, 1, 1, 1), kernel_sizes=(3, 3, 3, 3), stem_dim=16,
-                      neck_channels=64, head_channels=32))
+  c.model.update(dict(**digits.BACKBONE, neck_channels=64, head_channels=32))  # the digits classifier's backbone
   c.model.drop_path_rate = 0.0
   c.data = data_config()  # 3,000 train / 300 test scenes, 64-96 px
   # Digits are 20-44 px in scenes of 64-96 px: scale (384, 96) and ratios 0.75-1.5 keep them large enough to

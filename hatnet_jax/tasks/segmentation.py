@@ -123,6 +123,9 @@ class Segmentation(base.Task):
     for name, iou, acc in zip(names, metrics['IoU'], metrics['Acc']):
       rows.append(f'| {name} | {100 * iou:.2f} | {100 * acc:.2f} |')
     writer.write_texts(step, {'eval_per_class': '\n'.join(rows)})
+    # Also as scalars, so each class's IoU plots over training (which classes lag, and for how long).
+    writer.write_scalars(step, {f'eval_class_IoU/{i:03d}_{name}': float(iou)
+                                for i, (name, iou) in enumerate(zip(names, metrics['IoU']))})
     count = self.config.get('log_images_count', 0)
     if count <= 0 or jax.process_index() != 0:
       return

@@ -48,6 +48,8 @@ def test_trains_evaluates_and_reports_miou(reference, shared):
   assert sorted(scalars['eval_mIoU']) == [4, 8] and 0.0 <= scalars['eval_mIoU'][8] <= 1.0
   assert {'eval_mAcc', 'eval_aAcc', 'train_loss', 'train_pixel_accuracy'} <= set(scalars)
   assert {'eval_per_class', 'eval_input_truth_prediction'} <= tags
+  assert sorted(scalars['eval_class_IoU/000_background']) == [4, 8]  # each class's IoU over training
+  assert len([k for k in scalars if k.startswith('eval_class_IoU/')]) == 11
   record = json.load(open(os.path.join(workdir, 'run.json')))
   assert record['status'] == 'finished' and record['step'] == NUM_STEPS and record['task'] == 'segmentation'
   assert record['best']['metric'] == 'eval_mIoU'
