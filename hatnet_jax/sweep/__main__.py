@@ -1,4 +1,4 @@
-"""`python -m hatnet_jax.sweep ...`: see hatnet_jax/sweep/__init__.py and the README's Sweeps section."""
+"""`python -m hatnet_jax.sweep ...`: see hatnet_jax/sweep/__init__.py and docs/sweeps.md."""
 from hatnet_jax.sweep import cli
 
 if __name__ == '__main__':

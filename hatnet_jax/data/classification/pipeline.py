@@ -1,6 +1,6 @@
 """Train and eval iterators: index-based tf.data on the host, global jax.Arrays on the devices.
 
-Design (measured on this repo's benchmarks/input_pipeline.py; see the README section "Input pipeline"):
+Design (measured on this repo's benchmarks/input_pipeline.py; see docs/classification.md, "Input pipeline"):
 
 * **Index-based sampling, state = the step.** The training stream is a fixed function of
   (config.seed, position): global batch ``k`` holds stream positions ``k*B .. k*B+B-1``; position ``p``
