@@ -18,6 +18,7 @@ All randomness is stateless: `seed` is a ``[2]`` int64 tensor derived from (run 
 """
 import math
 
+from hatnet_jax.data.decode import DCT_METHOD, decode_image  # noqa: F401  (also this module's names)
 from hatnet_jax.data.tf_host import tf
 
 _KERNELS = {'bicubic': 'keyscubic', 'bilinear': 'triangle', 'lanczos3': 'lanczos3', 'area': 'box'}
@@ -80,23 +81,10 @@ def sample_crop_box(seed, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
           tf.cast(crop_w, tf.int32))
 
 
-# libjpeg's accurate integer IDCT: the pixels PIL (and so timm/torchvision recipes) decode. TF's default
-# is the fast IDCT, which differs by ~1 level on average and up to ~18 on real photographs.
-DCT_METHOD = 'INTEGER_ACCURATE'
 # The fused crop decodes a window plus this margin and slices it: libjpeg's chroma upsampling at a window
 # edge lacks its neighbours, so an unpadded window differs from the full decode by up to ~13 levels
 # there (measured on scikit-learn's sample photographs); one 16-pixel MCU of margin makes it exact.
 _CROP_MARGIN = 16
-
-
-def decode_image(data):
-  """Encoded JPEG/PNG/GIF/BMP bytes (whatever the file name says) -> uint8 RGB [h, w, 3]. Greyscale and
-  CMYK JPEGs become RGB like PIL's convert('RGB'). Raises InvalidArgumentError if corrupt."""
-  img = tf.cond(tf.io.is_jpeg(data),
-                lambda: tf.io.decode_jpeg(data, channels=3, dct_method=DCT_METHOD),
-                lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
-  img.set_shape([None, None, 3])
-  return img
 
 
 def decode_jpeg_window(data, top, left, height, width):
