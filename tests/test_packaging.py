@@ -69,6 +69,21 @@ def test_dependencies():
   assert 'pip install -e ".[demo]" && python main.py --config=configs/digits.py' in readme
 
 
+def test_console_scripts_name_the_tools_main_functions():
+  """Each hatnet-* script in pyproject points at a callable of a module that exists and answers --help in a
+  subprocess, as `hatnet-NAME --help` would (argparse exits 0; absl's --help, the sweep's, exits 1)."""
+  scripts = tomllib.load(open(os.path.join(ROOT, 'pyproject.toml'), 'rb'))['project']['scripts']
+  assert {'hatnet-predict', 'hatnet-attention', 'hatnet-export', 'hatnet-convert', 'hatnet-prepare-data',
+          'hatnet-sweep'} <= set(scripts)
+  for name, target in scripts.items():
+    module, _, func = target.partition(':')
+    code = (f'import sys; from {module} import {func} as f; sys.argv = [{name!r}, "--help"]; '
+            f'f() if "sweep" in {module!r} else sys.exit(f(["--help"]))')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == (1 if 'sweep' in module else 0), (name, proc.stderr[-2000:])
+    assert 'usage' in (proc.stdout + proc.stderr).lower(), (name, proc.stdout[-2000:])
+
+
 def test_models_import_without_tensorflow_torch_optax():
   code = ('import sys; import hatnet_jax.models, hatnet_jax.tools.attention_maps, hatnet_jax.tools.inference; '
           'bad = [m for m in ("tensorflow", "torch", "optax", "orbax", "sklearn") if m in sys.modules]; '
