@@ -32,7 +32,7 @@ def _expected_probs(model, variables, path, size):
   """The eval transform written out: EvalCrop (TF ops) + the normalisation, then softmax(model.apply)."""
   import ml_collections
   import tensorflow as tf
-  from hatnet_jax.data import augment, transforms
+  from hatnet_jax.data.classification import augment, transforms
   d = ml_collections.ConfigDict(dict(image_size=size, eval_crop_ratio=0.875, interpolation='bicubic', antialias=True))
   img = transforms.EvalCrop(d)(tf.constant(open(path, 'rb').read())).numpy()
   x = augment.normalize(jnp.asarray(img[None]), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
