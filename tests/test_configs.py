@@ -32,6 +32,18 @@ def test_all_expected_configs_exist():
       | {f'seg_fpn_{v}.py' for v in VARIANTS} <= names
 
 
+def test_pretrained_digit_scenes_start_from_the_digits_demos_last_checkpoint():
+  """seg_digits.py:pretrained names the checkpoint the digits demo (configs/digits.py) writes last, and
+  the two demos share one backbone, so the classifier's parameters fit the segmentation backbone."""
+  from configs import digits, seg_digits  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.training import schedule  # pylint: disable=g-import-not-at-top
+  cls, seg = digits.get_config(), seg_digits.get_config('pretrained')
+  last = schedule.to_steps(cls.num_epochs, cls.get('num_steps'), schedule.steps_per_epoch(1442, cls.batch_size))
+  assert seg.init_from == f'runs/digits/checkpoints/{last}/state'
+  assert {k: seg.model[k] for k in digits.BACKBONE} == {k: cls.model[k] for k in digits.BACKBONE}
+  assert not seg_digits.get_config().init_from  # the default trains from scratch
+
+
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
 def test_config_loads_and_builds_its_model(path):
   config = load_config(path)

@@ -243,3 +243,22 @@ def test_checkpoints_from_before_the_task_seam_restore(tmp_path):
     mngr.restore_latest(other)
   assert sorted(os.listdir(tmp_path / 'ck')) == ['7']
   mngr.close()
+
+
+def test_init_from_a_classifier_of_other_widths_names_the_path_and_the_parameter(tmp_path):
+  """A segmentation run started from a classifier whose backbone has other widths: one message naming the
+  checkpoint, the first parameter that does not fit and both shapes (not a traceback into orbax)."""
+  from hatnet_jax import models  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.tools import convert  # pylint: disable=g-import-not-at-top
+  small = dict(head_dim=8, depths=(1, 1), expansions=(2, 2), grid_sizes=(2, 1), ds_ratios=(2, 1),
+               kernel_sizes=(3, 3), stem_dim=8)
+  x = jnp.zeros((1, 32, 32, 3))
+  classifier = models.create('hatnet_tiny', num_classes=10, dims=(8, 16), **small)
+  cls_params = jax.jit(lambda: classifier.init(jax.random.PRNGKey(1), x, train=False))()['params']
+  convert.save(cls_params, str(tmp_path / 'cls'))
+  seg = models.create('semfpn_hatnet_tiny', num_classes=5, neck_channels=8, head_channels=8, dims=(16, 32), **small)
+  seg_params = jax.eval_shape(lambda: seg.init(jax.random.PRNGKey(2), x, train=False))['params']
+  seg_params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), seg_params)
+  with pytest.raises(ValueError, match=rf'init_from={tmp_path / "cls"}: the model parameter backbone/\S+ of shape '
+                                       r'\(.*\) is of shape \(.*\) in the checkpoint; was it written for another model'):
+    checkpoint.load_params(str(tmp_path / 'cls'), seg_params)
