@@ -134,7 +134,11 @@ class Segmentation(base.Task):
       batch = next(iter(it))
     finally:
       it.close()
-    pred = jax.jit(lambda v, b: self.predict(model, v, b))(variables, batch)
+    # One jitted predict per model for the whole run: a new jit per evaluation traced and compiled it again.
+    cached = getattr(self, '_panel_predict', None)
+    if cached is None or cached[0] is not model:
+      cached = self._panel_predict = (model, jax.jit(lambda v, b: self.predict(model, v, b)))
+    pred = cached[1](variables, batch)
     images = layout.local_rows(batch['image'], count)
     labels, preds = layout.local_rows(batch['label'], count), layout.local_rows(pred, count)
     sizes = layout.local_rows(batch['orig_size'], count)
