@@ -304,8 +304,9 @@ def test_train_batches_deterministic_and_resume_exactly(scenes, mesh):
   c = config(scenes, batch=8)
   first = take(seg_pipeline.create_train_iterator(c, mesh), 3)
   b = first[0]
-  assert b['image'].shape == (8, 64, 64, 3) and b['image'].dtype == np.float32
-  assert b['label'].shape == (8, 64, 64) and b['label'].dtype == np.int32
+  crop = c.data.crop_size  # the demo's (configs/seg_digits.py)
+  assert b['image'].shape == (8, crop, crop, 3) and b['image'].dtype == np.float32
+  assert b['label'].shape == (8, crop, crop) and b['label'].dtype == np.int32
   assert set(np.unique(b['label']).tolist()) <= set(range(11)) | {255}
   again = take(seg_pipeline.create_train_iterator(c, mesh), 3)
   for x, y in zip(first, again):
