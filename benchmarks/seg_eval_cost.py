@@ -91,11 +91,22 @@ def load_config(spec: str):
 
 
 def time_shapes(args) -> list:
+  """The shapes table; the persistent compilation cache is off meanwhile (real compiles, not cache loads)
+  and restored after, so that a caller in the same process (the tests) keeps its setting."""
+  import jax  # pylint: disable=g-import-not-at-top
+  previous = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  try:
+    return _time_shapes(args)
+  finally:
+    jax.config.update('jax_enable_compilation_cache', previous)
+
+
+def _time_shapes(args) -> list:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from hatnet_jax import layout, tasks  # pylint: disable=g-import-not-at-top
   from hatnet_jax.training import experiment, host_memory  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_enable_compilation_cache', False)  # real compiles, not cache loads
   config = load_config(args.config)
   with config.unlocked():
     config.batch_size = 1
