@@ -84,9 +84,7 @@ def main(argv=None):
     import_timm()  # before the slow set-up: a missing timm fails at once
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
   from hatnet_jax.data import testing  # pylint: disable=g-import-not-at-top
-  from hatnet_jax.data.classification import pipeline, sources  # pylint: disable=g-import-not-at-top,unused-import
 
   cores = os.cpu_count()
   rng = np.random.default_rng(0)

@@ -43,7 +43,6 @@ import math
 import numpy as np
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hatnet_jax import layout
 from hatnet_jax.data.classification import augment as augment_lib
