@@ -1,6 +1,6 @@
 """Parity with the real mmsegmentation for the pieces that decide the ADE20K number.
 
-Optional: skipped unless mmsegmentation is installed (``pip install --no-deps -r requirements-mmseg.txt``,
+Optional: skipped unless mmsegmentation is installed (``pip install --no-deps -r requirements-references.txt``,
 see that file; .ci/run does it and runs this file alone). mmseg 1.2.2 runs here on mmcv-lite 2.1.0 and
 mmengine 0.10.7 with import stubs for the compiled `mmcv.ops` (tests/references/mmseg_stub.py): the
 transforms, Pad/Normalize and `IoUMetric` are pure Python / NumPy / OpenCV.
@@ -52,7 +52,7 @@ from hatnet_jax.data.segmentation import pipeline as seg_pipeline  # pylint: dis
 from hatnet_jax.data.segmentation import transforms as seg_transforms  # pylint: disable=g-import-not-at-top
 from hatnet_jax.metrics import miou  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# Slow (~70 s with mmseg's imports): in CI's slow run, after .ci/run installs requirements-mmseg.txt.
+# Slow (~70 s with mmseg's imports): in CI's slow run, after .ci/run installs requirements-references.txt.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings('ignore:`torch.jit:DeprecationWarning')]  # mmseg.models' imports
 
 SCALE, RATIO, CROP, CAT_MAX, IGNORE = (2048, 512), (0.5, 2.0), 512, 0.75, 255  # the ADE20K recipe
