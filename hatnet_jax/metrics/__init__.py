@@ -1,4 +1,5 @@
-"""Evaluation metrics computed from model outputs: `miou` (confusion matrix, IoU/Acc as mmseg's IoUMetric)
-now; the COCO box and mask AP of detection belongs here too. Imports numpy/JAX only, no other hatnet_jax
-folder.
+"""Evaluation metrics computed from model outputs: `miou` (confusion matrix, IoU/Acc as mmseg's IoUMetric),
+`coco` (COCO box AP: ground truth built in memory, detections as COCO results, the official pycocotools
+COCOeval), `accumulate` (host accumulators of per-batch eval outputs). Imports numpy/JAX/pycocotools and,
+of hatnet_jax, `structures` only.
 """
