@@ -3,6 +3,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -122,3 +123,43 @@ def test_large_clips_gradients():
   tx = optim.create_optimizer(tiny, optax.constant_schedule(1e-3))
   _, new_state = tx.update(huge, tx.init(params), params)
   np.testing.assert_allclose(optax.tree_utils.tree_get(new_state, 'mu')['w']['kernel'], 1e5, rtol=1e-5)
+
+
+def _step_config(**kw):
+  c = ml_collections.ConfigDict(dict(base_lr=1e-4, batch_size=16, lr_base_batch=16, num_epochs=None, num_steps=120,
+                                     warmup_epochs=None, warmup_steps=50, warmup_lr=0.0, min_lr=0.0,
+                                     lr_schedule='step', lr_milestone_epochs=(8, 11), lr_milestone_steps=None,
+                                     lr_decay_factor=0.1, warmup_ratio=0.001))
+  c.update(kw)
+  return c
+
+
+def test_step_schedule_hand_values():
+  """The mmdet 1x policy at 10 steps per epoch: warmup from 0.001 x peak over 50 steps, x0.1 at epochs 8, 11."""
+  fn = schedule.create_learning_rate_fn(_step_config(), num_steps_per_epoch=10)
+  expect = {0: 1e-7, 25: 1e-4 * (0.001 + 0.999 * 0.5), 50: 1e-4, 79: 1e-4, 80: 1e-5, 109: 1e-5, 110: 1e-6}
+  for step, lr in expect.items():
+    np.testing.assert_allclose(float(fn(step)), lr, rtol=1e-6, err_msg=f'step {step}')
+  fn = schedule.create_learning_rate_fn(_step_config(lr_milestone_steps=(30,)), num_steps_per_epoch=10)
+  # A milestone inside the warmup: the warmup factor multiplies the decayed rate (mmcv).
+  np.testing.assert_allclose(float(fn(40)), 1e-5 * (0.001 + 0.999 * 0.8), rtol=1e-6)
+  with pytest.raises(ValueError, match='lr_milestone'):
+    schedule.create_learning_rate_fn(_step_config(lr_milestone_epochs=None), num_steps_per_epoch=10)
+
+
+def test_step_schedule_equals_mmengine():
+  """Against mmengine's LinearLR + MultiStepLR by iteration. PVT's recipe ran on mmcv 1.x, whose linear warmup
+  over N iterations reaches the peak at iteration N; mmengine's LinearLR(end=N) reaches it at N - 1, so the
+  mmcv 1.x warmup is mmengine's with end=N + 1 (mmdet 3.x's own configs, end=500, ramp one step faster)."""
+  torch = pytest.importorskip('torch')
+  scheduler = pytest.importorskip('mmengine.optim.scheduler')
+  per_epoch, warmup = 7, 20
+  fn = schedule.create_learning_rate_fn(_step_config(warmup_steps=warmup), num_steps_per_epoch=per_epoch)
+  opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+  scheds = [scheduler.LinearLR(opt, start_factor=0.001, by_epoch=False, begin=0, end=warmup + 1),
+            scheduler.MultiStepLR(opt, milestones=[8 * per_epoch, 11 * per_epoch], gamma=0.1, by_epoch=False)]
+  for step in range(12 * per_epoch):
+    np.testing.assert_allclose(float(fn(step)), opt.param_groups[0]['lr'], rtol=1e-5, err_msg=f'step {step}')
+    opt.step()
+    for s in scheds:
+      s.step()
