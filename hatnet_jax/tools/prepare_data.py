@@ -10,6 +10,10 @@ from image-net.org (TFDS ships the validation labels). Other TFDS datasets are d
 Segmentation: --dataset=ade20k --manual_dir=<ADEChallengeData2016 dir, or the dir holding
 ADEChallengeData2016.zip>; --dataset=digit_scenes (or digit_scenes/small) needs nothing; seg_folder is
 read in place.
+
+Detection: --dataset=coco --manual_dir=<dir with train2017/, val2017/, annotations/ (or the official zips
+train2017.zip, val2017.zip, annotations_trainval2017.zip)>; --dataset=digit_boxes (or digit_boxes/small)
+needs nothing.
 """
 import argparse
 import logging
@@ -32,6 +36,8 @@ def main(argv=None):
                                      data_dir=args.data_dir))
   if args.dataset.split('/')[0] in ('ade20k', 'digit_scenes', 'seg_folder'):
     return _prepare_segmentation(args)
+  if args.dataset.split('/')[0] in ('coco', 'digit_boxes'):
+    return _prepare_detection(args)
   if args.dataset == cls_sources.IMAGE_FOLDER:
     print('image_folder needs no preparation: files are read in place.')
     return 0
@@ -68,6 +74,22 @@ def _prepare_segmentation(args):
     return 1
   print(f'{info.name} is prepared: {info.train_split} {info.num_train} examples, {info.eval_split} '
         f'{info.num_eval} examples, {info.num_classes} classes')
+  return 0
+
+
+def _prepare_detection(args):
+  """Detection datasets (`det_sources`): 'coco' from its manual dir, 'digit_boxes[/small]'."""
+  from hatnet_jax.data.detection import sources as det_sources  # pylint: disable=g-import-not-at-top
+  d = ml_collections.ConfigDict(dict(dataset=args.dataset, manual_dir=args.manual_dir,
+                                     data_dir=args.data_dir, train_split='train', eval_split='validation',
+                                     filter_empty_gt=True, min_size=32))
+  try:
+    info = det_sources.dataset_info(d)  # prepares it if needed
+  except (FileNotFoundError, ValueError) as e:
+    print(e, file=sys.stderr)
+    return 1
+  print(f'{info.name} is prepared: {info.train_split} {info.num_train} images trained on (mmdet filter), '
+        f'{info.eval_split} {info.num_eval} images, {info.num_classes} classes')
   return 0
 
 
