@@ -138,9 +138,10 @@ def load_split(layout, split):
 
 
 def _image_size(data):
+  """(height, width) of the stored pixel grid and the EXIF orientation tag (1 when absent)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(io.BytesIO(data)) as im:
-    return im.size[1], im.size[0]
+    return (im.size[1], im.size[0]), int(im.getexif().get(0x0112, 1) or 1)
 
 
 def iter_examples(layout, index):
@@ -150,13 +151,15 @@ def iter_examples(layout, index):
     name = im['file_name']
     data = files.read(name)
     try:
-      size = _image_size(data)
+      size, orientation = _image_size(data)
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f'coco {index.split}: cannot read the image {files.where(name)}: {e}') from e
     if size != (int(im['height']), int(im['width'])):
-      raise AnnotationError(f'coco {index.split}: image {files.where(name)} is {size[1]}x{size[0]} (WxH) but '
-                            f'{index.where} says {im["width"]}x{im["height"]}: the annotations do not belong to '
-                            f'this file; use the original images')
+      exif = (f' (its EXIF orientation {orientation} turns it by 90 degrees when displayed; the pipeline reads '
+              f'the stored pixel grid, as the annotations must be)' if orientation in (5, 6, 7, 8) else '')
+      raise AnnotationError(f'coco {index.split}: image {files.where(name)} is {size[1]}x{size[0]} (WxH){exif} '
+                            f'but {index.where} says {im["width"]}x{im["height"]}: the annotations do not belong '
+                            f'to this file; use the original images')
     objects = []
     for ann in index.annotations.get(int(im['id']), []):
       x, y, w, h = (float(v) for v in ann['bbox'])

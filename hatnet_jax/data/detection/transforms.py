@@ -1,8 +1,9 @@
 """Host-side detection transforms in TF ops: mmdet 3.3.0's RetinaNet 1x pipeline (PVT's COCO recipe).
 
 Train (`DetTransform(train=True)`), mmdet's order:
-  1. LoadImageFromFile: the stored bytes decoded to RGB uint8 (accurate IDCT, as OpenCV; EXIF orientation is
-     not applied, the annotations are on the stored pixel grid).
+  1. LoadImageFromFile: the stored bytes decoded to RGB uint8 (accurate IDCT, as OpenCV). EXIF orientation is
+     not applied (mmcv's cv2 'color' decode applies it): the annotations are on the stored pixel grid, whose
+     size the COCO builder checks against the annotation file.
   2. LoadAnnotations(with_bbox=True): the objects mmdet keeps (records' ``kept``) in the file's order; crowd
      boxes stay as ignored instances (``crowd``, never a target).
   3. Resize(scale=(1333, 800), keep_ratio=True): mmcv `rescale_size`: s = min(1333 / long side, 800 / short

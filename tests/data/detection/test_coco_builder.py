@@ -134,6 +134,19 @@ def _resize_image(root):
     f.write(testing.make_jpeg(np.random.default_rng(0), 41, 40))
 
 
+def _rotated_exif_image(root):
+  """285 is 48x64 (WxH) in the file; store a 64x48 grid tagged 'rotate 90 degrees when displayed'."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data import testing  # pylint: disable=g-import-not-at-top
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  buf = io.BytesIO()
+  Image.fromarray(testing.make_image(np.random.default_rng(0), 64, 48)).save(buf, 'JPEG', exif=exif.tobytes())
+  with open(os.path.join(root, 'val2017', f'{285:012d}.jpg'), 'wb') as f:
+    f.write(buf.getvalue())
+
+
 def _edit(fn):
   def edit(split, data):
     if split == 'validation':
@@ -151,14 +164,17 @@ def _ann(data, aid):
     ('missing_image_id', ['instances_val2017.json', 'annotation 105 refers to image_id 4242']),
     ('unknown_category', ['annotation 101', f'{285:012d}.jpg', 'category_id 7']),
     ('outside', ['annotation 102', f'{139:012d}.jpg', '2.50 px outside', 'tolerance 2 px']),
-    ('size', [f'{632:012d}.jpg', 'is 41x40 (WxH)', 'says 40x40']),
+    ('size', [f'{632:012d}.jpg', 'is 41x40 (WxH) but', 'says 40x40']),
+    ('exif', [f'{285:012d}.jpg', 'is 64x48 (WxH) (its EXIF orientation 6', 'says 48x64']),
 ])
 def test_errors_name_the_file_and_the_fix(tmp_path, breakage, expect):
   edits = {'missing_image_id': _edit(lambda d: _ann(d, 105).update(image_id=4242)),
            'unknown_category': _edit(lambda d: _ann(d, 101).update(category_id=7)),
            'outside': _edit(lambda d: _ann(d, 102).update(bbox=[10.5, 5.0, 56.0, 30.0]))}  # x2 = 66.5 > 64 + 2
   root = fake_coco.make(str(tmp_path / 'coco'), edit=edits.get(breakage))
-  {'layout': _drop_val2017, 'missing_image': _remove_image, 'size': _resize_image}.get(breakage, lambda r: None)(root)
+  damage = {'layout': _drop_val2017, 'missing_image': _remove_image, 'size': _resize_image,
+            'exif': _rotated_exif_image}
+  damage.get(breakage, lambda r: None)(root)
   d = data_config(manual_dir=root, data_dir=str(tmp_path / 'tfds'))
   with pytest.raises((ValueError, FileNotFoundError)) as e:
     det_sources.dataset_info(d)
