@@ -83,8 +83,8 @@ def iter_examples(split, num, first_annotation_id=1):
     img, objects = scene_objects(split, i, images, labels)
     for o in objects:
       o['id'], ann_id = ann_id, ann_id + 1
-    h, w = img.shape[:2]
-    yield i + 1, records.example(digit_scenes._png(img), i + 1, f'{split}_{i:05d}.png', h, w, objects)  # pylint: disable=protected-access
+    png = digit_scenes._png(img)  # pylint: disable=protected-access
+    yield i + 1, records.example(png, i + 1, f'{split}_{i:05d}.png', img.shape[0], img.shape[1], objects)
 
 
 @functools.lru_cache(maxsize=None)

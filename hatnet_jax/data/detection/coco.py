@@ -130,9 +130,10 @@ def load_split(layout, split):
   present = files.names()
   missing = [im['file_name'] for im in index.images if im['file_name'] not in present]
   if missing:
+    first = next(im['id'] for im in index.images if im['file_name'] == missing[0])
     raise coco_layout.LayoutError(
         f'coco {split}: {where} lists {len(missing)} image(s) missing from {files.path}, e.g. '
-        f'{files.where(missing[0])} (image id {next(im["id"] for im in index.images if im["file_name"] == missing[0])}). '
+        f'{files.where(missing[0])} (image id {first}). '
         f'Unpack the whole {coco_layout.SPLITS[split]}.zip (or put the zip itself) in {layout.manual_dir}')
   return index
 

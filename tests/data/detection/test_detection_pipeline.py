@@ -75,10 +75,12 @@ def check_row(batch, row, rec, flip, max_boxes):
   boxes, labels, crowd, (nh, nw) = expected_boxes(rec, flip)
   n = len(boxes)
   np.testing.assert_array_equal(batch['boxes'][row, :n], boxes)
-  assert np.all(batch['boxes'][row, n:] == 0) and batch['labels'][row].tolist() == labels.tolist() + [-1] * (max_boxes - n)
+  assert np.all(batch['boxes'][row, n:] == 0)
+  assert batch['labels'][row].tolist() == labels.tolist() + [-1] * (max_boxes - n)
   assert batch['box_valid'][row].tolist() == (~crowd).tolist() + [False] * (max_boxes - n)
   assert batch['crowd'][row].tolist() == crowd.tolist() + [False] * (max_boxes - n)
-  assert batch['image_size'][row].tolist() == [nh, nw] and batch['orig_size'][row].tolist() == [rec['height'], rec['width']]
+  assert batch['image_size'][row].tolist() == [nh, nw]
+  assert batch['orig_size'][row].tolist() == [rec['height'], rec['width']]
   np.testing.assert_allclose(batch['scale'][row], np.float32([nh / rec['height'], nw / rec['width']]))
   assert batch['image_id'][row] == rec['image_id']
   want = resized_normalised(rec, (nh, nw))
@@ -89,7 +91,8 @@ def check_row(batch, row, rec, flip, max_boxes):
 def test_hand_checked_boxes_through_resize_flip_and_padding():
   # 40x30 (WxH) fit into (80, 60): s = 2 -> 80x60. Box A (4, 6, 20, 18) -> (8, 12, 40, 36), flipped (40, 12, 72, 36);
   # crowd B (30.25, 20, 40.5, 30) -> (60.5, 40, 81, 60), clipped to x2 = 80, flipped (0, 40, 19.5, 60); C is not kept.
-  objects = [dict(id=1, bbox=(4, 6, 20, 18), label=1, category_id=2, is_crowd=False, area=1.0, kept=True, segmentation=''),
+  objects = [dict(id=1, bbox=(4, 6, 20, 18), label=1, category_id=2, is_crowd=False, area=1.0, kept=True,
+                  segmentation=''),
              dict(id=2, bbox=(30.25, 20, 40.5, 30), label=2, category_id=3, is_crowd=True, area=1.0, kept=True,
                   segmentation=''),
              dict(id=3, bbox=(1, 1, 1.5, 9), label=0, category_id=1, is_crowd=False, area=1.0, kept=False,
