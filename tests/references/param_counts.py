@@ -6,3 +6,14 @@ PARAM_COUNTS = {
     'hatnet_medium': 42_925_960,
     'hatnet_large': 63_108_936,
 }
+
+# Trainable parameters of RetinaNet (mmdet's RetinaNet with PVT's neck: FPN start_level 1, 5 outputs, P6 from
+# the last backbone map; RetinaHead, 9 anchors) at 80 classes. mmdet 3.3.0's RetinaNet built from its
+# retinanet_r50_fpn.py on tests/references/torch_hatnet.py's backbone has the same counts, less the
+# backbone's unused proj_norm GroupNorms (tests/models/test_retinanet.py checks it where mmdet is installed).
+RETINANET_PARAM_COUNTS = {
+    'hatnet_tiny': 22_158_772,
+    'hatnet_small': 35_475_540,
+    'hatnet_medium': 52_662_932,
+    'hatnet_large': 73_045_588,
+}
