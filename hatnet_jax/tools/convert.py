@@ -1,13 +1,15 @@
 """Official PyTorch HAT-Net weights (HAT-Net_Tiny.pth ...) -> Flax params, mmseg Semantic FPN checkpoints ->
-Flax params + batch_stats, and a command line that writes either as an orbax checkpoint the trainer can start
-from (`config.init_from`).
+Flax params + batch_stats, mmdet RetinaNet checkpoints -> Flax params, and a command line that writes any of
+them as an orbax checkpoint the trainer can start from (`config.init_from`).
 
     python -m hatnet_jax.tools.convert --model=hatnet_tiny --input=HAT-Net_Tiny.pth --output=DIR
     python -m hatnet_jax.tools.convert --task=segmentation --model=semfpn_hatnet_tiny --input=fpn.pth --output=DIR
+    python -m hatnet_jax.tools.convert --task=detection --model=retinanet_hatnet_tiny --input=retina.pth --output=DIR
 
 torch is imported only to read a .pth file; a state dict of numpy arrays converts without it.
 """
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -19,7 +21,8 @@ import numpy as np
 from flax import traverse_util
 
 from hatnet_jax import models
-from hatnet_jax.models.heads import fpn_head
+from hatnet_jax.models import retinanet
+from hatnet_jax.models.heads import fpn_head, retina_head
 
 # Allocated by the official Attention module but never used in its forward pass; accepted and dropped.
 _UNUSED = ('.attn.proj_norm.weight', '.attn.proj_norm.bias')
@@ -80,16 +83,22 @@ def _layout(variant: models.Variant, classifier: bool = True) -> dict[str, tuple
 Layout = dict[str, tuple[str, tuple[str, ...], int | None, Any]]  # key -> (collection, path, index, transform)
 
 
+def _backbone_layout(variant: models.Variant) -> Layout:
+  """'backbone.' + the official HAT-Net layout (no classifier) -> params/backbone (mmseg and mmdet alike)."""
+  return {'backbone.' + k: ('params', ('backbone',) + path, index, t)
+          for k, (path, index, t) in _layout(variant, classifier=False).items()}
+
+
+def _conv_entry(table: Layout, torch_prefix: str, path: tuple[str, ...], bias: bool = True) -> None:
+  table[torch_prefix + '.weight'] = ('params', path + ('kernel',), None, _conv)
+  if bias:
+    table[torch_prefix + '.bias'] = ('params', path + ('bias',), None, _same)
+
+
 def _seg_layout(variant: models.Variant, strides=(4, 8, 16, 32)) -> Layout:
   """mmseg EncoderDecoder (HAT-Net + FPN + FPNHead) state-dict key -> where it goes in SemanticFPN's variables."""
-  table = {'backbone.' + k: ('params', ('backbone',) + path, index, t)
-           for k, (path, index, t) in _layout(variant, classifier=False).items()}
-
-  def conv(torch_prefix, path, bias=True):
-    table[torch_prefix + '.weight'] = ('params', path + ('kernel',), None, _conv)
-    if bias:
-      table[torch_prefix + '.bias'] = ('params', path + ('bias',), None, _same)
-
+  table = _backbone_layout(variant)
+  conv = functools.partial(_conv_entry, table)
   for i in range(len(variant.dims)):
     conv(f'neck.lateral_convs.{i}.conv', ('neck', f'lateral_convs_{i}'))
     conv(f'neck.fpn_convs.{i}.conv', ('neck', f'fpn_convs_{i}'))
@@ -103,6 +112,21 @@ def _seg_layout(variant: models.Variant, strides=(4, 8, 16, 32)) -> Layout:
                                            ('running_var', 'batch_stats', 'var')]:
         table[f'{t}.bn.{torch_name}'] = (collection, base + ('bn', name), None, _same)
   conv('decode_head.conv_seg', ('decode_head', 'conv_seg'))
+  return table
+
+
+def _det_layout(net: models.RetinaNet) -> Layout:
+  """mmdet RetinaNet (HAT-Net + FPN + RetinaHead) state-dict key -> where it goes in RetinaNet's params. Convs
+  sit in ConvModules (`.conv.`) but retina_cls/reg; ModuleList indices are the Flax names' (FPN's as mmdet's)."""
+  table = _backbone_layout(net.variant)
+  for i in range(len(net.variant.dims) - 1):  # FPN start_level=1
+    _conv_entry(table, f'neck.lateral_convs.{i}.conv', ('neck', f'lateral_convs_{i}'))
+  for i in range(len(retinanet.STRIDES)):
+    _conv_entry(table, f'neck.fpn_convs.{i}.conv', ('neck', f'fpn_convs_{i}'))
+  for branch in ('cls', 'reg'):
+    for i in range(retina_head.RetinaHead.stacked_convs):
+      _conv_entry(table, f'bbox_head.{branch}_convs.{i}.conv', ('bbox_head', f'{branch}_convs_{i}'))
+    _conv_entry(table, f'bbox_head.retina_{branch}', ('bbox_head', f'retina_{branch}'))
   return table
 
 
@@ -170,22 +194,24 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     # Never suggest weights_only=False (torch's own advice): that would run whatever code the file holds.
-    del e
-    if head.startswith(b'PK'):
-      what = 'a damaged or truncated PyTorch checkpoint (its zip archive cannot be read); download it again'
-    elif head.startswith(b'\x80'):  # a pickle (legacy torch.save format) with more than tensors in it
+    # Objects other than tensors: a legacy pickle, or a zip one (mmengine checkpoints keep their message_hub).
+    if head.startswith(b'\x80') or (head.startswith(b'PK') and type(e).__name__ == 'UnpicklingError'):
       what = ('a pickle that holds objects other than tensors; this converter loads tensors only and never '
-              'runs code from a file. Re-save the state dict alone (torch.save(model.state_dict(), ...))')
+              'runs code from a file. Re-save the state dict alone (torch.save(model.state_dict(), ...); '
+              "of an mmseg/mmdet training checkpoint you trust, torch.save({'state_dict': ckpt['state_dict']}, ...))")
+    elif head.startswith(b'PK'):
+      what = 'a damaged or truncated PyTorch checkpoint (its zip archive cannot be read); download it again'
     else:
       what = (f'not a PyTorch checkpoint (it starts with {head!r}); give the official HAT-Net .pth '
-              '(e.g. HAT-Net_Tiny.pth) or an mmseg checkpoint with --task=segmentation')
+              '(e.g. HAT-Net_Tiny.pth), an mmseg checkpoint with --task=segmentation or an mmdet one with '
+              '--task=detection')
     raise ValueError(f'{path} is {what}.') from None
   return _unwrap(obj)
 
 
 def _variant_hint(convert, state, model: str, num_classes: int | None) -> str:
   """' The shapes fit X: use --model=X.' when another variant of the family takes every array."""
-  prefix = 'semfpn_' if models.family(model)[1] is models.SemanticFPN else ''
+  prefix = model[:len(model) - len(models.family(model)[0])]  # the family's: '', 'semfpn_', 'retinanet_'
   for name in models.VARIANTS:
     other = prefix + name
     if other == model:
@@ -198,30 +224,28 @@ def _variant_hint(convert, state, model: str, num_classes: int | None) -> str:
   return ''
 
 
-def _convert(path_or_state_dict, convert, classifier_key: str, what: str, model: str, num_classes, overrides):
-  """Reads the file (or unwraps the state dict), takes num_classes from `classifier_key` when not given,
-  and converts; a mismatch of the default variant fields names the variant the shapes fit, if any."""
-  if isinstance(path_or_state_dict, (str, os.PathLike)):
-    state = load_state_dict(path_or_state_dict)
-  else:
-    state = _unwrap(path_or_state_dict)
-  if num_classes is None:
-    if classifier_key not in state:
-      raise ValueError(f'no {classifier_key} in the state dict: is this {what}?')
-    num_classes = state[classifier_key].shape[0]
-  if overrides:
-    return convert(state, model, num_classes, **overrides)
-  return _with_variant_hint(convert, state, model, num_classes)
-
-
-def _with_variant_hint(convert, state, model, num_classes):
+def _convert(path_or_state_dict, convert, classes_of, model: str, num_classes, overrides):
+  """Reads the file (or unwraps the state dict), takes num_classes from `classes_of(state)` when not given,
+  and converts; a mismatch of the default variant fields names the variant the shapes fit, if any. Errors
+  about a file's contents start with the file's name."""
+  is_path = isinstance(path_or_state_dict, (str, os.PathLike))
+  state = load_state_dict(path_or_state_dict) if is_path else _unwrap(path_or_state_dict)
+  source = f'{os.fspath(path_or_state_dict)}: ' if is_path else ''
   try:
-    return convert(state, model, num_classes)
-  except ConversionError as e:
-    hint = _variant_hint(convert, state, model, num_classes)
-    if not hint:
-      raise
-    raise ConversionError(str(e) + hint, e.problems) from None
+    num_classes = classes_of(state) if num_classes is None else num_classes
+    return convert(state, model, num_classes, **overrides)
+  except ConversionError as e:  # with the table's variant fields: the variant the shapes fit, if any
+    hint = '' if overrides else _variant_hint(convert, state, model, num_classes)
+    raise ConversionError(source + str(e) + hint, e.problems) from None
+  except ValueError as e:
+    raise ValueError(source + str(e)) from None
+
+
+def _first_axis(state, key: str, what: str) -> int:
+  """num_classes of a state dict: the first axis of `key` (`what` the checkpoint should be)."""
+  if key not in state:
+    raise ValueError(f'no {key} in the state dict: is this {what}?')
+  return state[key].shape[0]
 
 
 def _unwrap(obj) -> dict[str, np.ndarray]:
@@ -238,6 +262,12 @@ def _unwrap(obj) -> dict[str, np.ndarray]:
   return out
 
 
+def _expected(model, num_classes, overrides):
+  """models.create(model, ...) and the shapes of its variables."""
+  net = models.create(model, num_classes=num_classes, **overrides)
+  return net, jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+
+
 def from_pytorch(path_or_state_dict, model: str, num_classes: int | None = None, **overrides) -> dict:
   """Official HAT-Net weights -> Flax params of `models.create(model, num_classes=..., **overrides)`.
 
@@ -246,14 +276,14 @@ def from_pytorch(path_or_state_dict, model: str, num_classes: int | None = None,
   mismatches are listed in one ValueError.
   """
   if models.family(model)[1] is not models.HATNet:
-    raise ValueError(f'from_pytorch converts HAT-Net classifiers; got {model!r} (use from_mmseg for semfpn_*)')
-  return _convert(path_or_state_dict, _classifier_params, 'classifier.1.weight', 'a HAT-Net checkpoint', model,
-                  num_classes, overrides)
+    raise ValueError(f'from_pytorch converts HAT-Net classifiers; got {model!r} (use from_mmseg for semfpn_*, '
+                     'from_mmdet for retinanet_*)')
+  classes_of = functools.partial(_first_axis, key='classifier.1.weight', what='a HAT-Net checkpoint')
+  return _convert(path_or_state_dict, _classifier_params, classes_of, model, num_classes, overrides)
 
 
 def _classifier_params(state, model, num_classes, **overrides):
-  net = models.create(model, num_classes=num_classes, **overrides)
-  expected = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  net, expected = _expected(model, num_classes, overrides)
   layout = {k: ('params',) + v for k, v in _layout(net.variant).items()}
   return _fill(state, layout, expected, lambda k: k.endswith(_UNUSED),
                f'{model} (num_classes={num_classes})')['params']
@@ -270,13 +300,13 @@ def from_mmseg(path_or_state_dict, model: str, num_classes: int | None = None, *
   """
   if models.family(model)[1] is not models.SemanticFPN:
     raise ValueError(f'from_mmseg converts Semantic FPN models (semfpn_*); got {model!r}')
-  return _convert(path_or_state_dict, _segmentation_variables, 'decode_head.conv_seg.weight',
-                  'an mmseg Semantic FPN checkpoint', model, num_classes, overrides)
+  classes_of = functools.partial(_first_axis, key='decode_head.conv_seg.weight',
+                                 what='an mmseg Semantic FPN checkpoint')
+  return _convert(path_or_state_dict, _segmentation_variables, classes_of, model, num_classes, overrides)
 
 
 def _segmentation_variables(state, model, num_classes, **overrides):
-  net = models.create(model, num_classes=num_classes, **overrides)
-  expected = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  net, expected = _expected(model, num_classes, overrides)
   layout = _seg_layout(net.variant)
 
   def ignored(key):
@@ -285,6 +315,43 @@ def _segmentation_variables(state, model, num_classes, **overrides):
     return key.startswith('backbone.') and key.endswith(_UNUSED)
 
   return _fill(state, layout, expected, ignored, f'{model} (num_classes={num_classes})')
+
+
+def from_mmdet(path_or_state_dict, model: str, num_classes: int | None = None, **overrides) -> dict:
+  """An mmdet HAT-Net + RetinaNet checkpoint -> {'params'} of `models.create(model, ...)` (RetinaNet has no
+  BatchNorm, so no batch_stats).
+
+  model is a 'retinanet_*' name. Takes a .pth path (read with weights_only=True) or a state dict, plain or
+  wrapped under "state_dict" as mmcv/mmengine save it. num_classes defaults to retina_cls's outputs over the
+  anchors per position. backbone.* is in the official HAT-Net layout (its unused proj_norm is dropped),
+  neck.* mmdet's FPN, bbox_head.* its RetinaHead. Anything else (rpn_head / roi_head of a Faster or Mask
+  R-CNN, say) is an error naming the file, the model and every mismatch in one ValueError.
+  """
+  if models.family(model)[1] is not models.RetinaNet:
+    raise ValueError(f'from_mmdet converts RetinaNet models (retinanet_*); got {model!r}')
+  num_anchors = overrides.get('num_anchors', models.RetinaNet.num_anchors)
+  classes_of = lambda state: _retina_classes(state, model, num_anchors)
+  return _convert(path_or_state_dict, _detection_variables, classes_of, model, num_classes, overrides)
+
+
+def _retina_classes(state, model: str, num_anchors: int) -> int:
+  """retina_cls's outputs / anchors per position; a ValueError naming the heads found if there is none."""
+  w = state.get('bbox_head.retina_cls.weight')
+  if w is None:
+    heads = sorted({k.split('.')[0] for k in state} - {'backbone', 'neck'})
+    raise ValueError(f'not an mmdet RetinaNet checkpoint: {model} needs bbox_head.retina_cls and retina_reg, '
+                     f'but there is no bbox_head.retina_cls.weight (heads found: {heads or "none"}; '
+                     'rpn_head and roi_head are a Faster or Mask R-CNN\'s)')
+  if w.shape[0] % num_anchors:
+    raise ValueError(f'bbox_head.retina_cls has {w.shape[0]} outputs, not a multiple of num_anchors='
+                     f'{num_anchors} ({model}: classes x anchors per position)')
+  return w.shape[0] // num_anchors
+
+
+def _detection_variables(state, model, num_classes, **overrides):
+  net, expected = _expected(model, num_classes, overrides)
+  return _fill(state, _det_layout(net), expected, lambda k: k.startswith('backbone.') and k.endswith(_UNUSED),
+               f'{model} (num_classes={num_classes})')
 
 
 def save(params, directory: str | os.PathLike, batch_stats=None) -> None:
@@ -296,30 +363,35 @@ def save(params, directory: str | os.PathLike, batch_stats=None) -> None:
   ckptr.wait_until_finished()
 
 
+# --task -> (model family, its prefix, converter, what --input is).
+_TASKS = {'classification': (models.HATNet, 'hatnet_*', from_pytorch, 'official HAT-Net .pth'),
+          'segmentation': (models.SemanticFPN, 'semfpn_*', from_mmseg, 'mmseg Semantic FPN checkpoint'),
+          'detection': (models.RetinaNet, 'retinanet_*', from_mmdet, 'mmdet RetinaNet checkpoint')}
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--model', required=True, choices=models.names())
-  parser.add_argument('--task', default='classification', choices=('classification', 'segmentation'),
-                      help='classification: official HAT-Net .pth; segmentation: mmseg Semantic FPN .pth')
-  parser.add_argument('--input', required=True, help='official HAT-Net .pth, or mmseg checkpoint for segmentation')
+  parser.add_argument('--task', default='classification', choices=tuple(_TASKS),
+                      help='; '.join(f'{task}: {t[3]} ({t[1]} models)' for task, t in _TASKS.items()))
+  parser.add_argument('--input', required=True, help='the .pth file (see --task)')
   parser.add_argument('--output', required=True, help='directory for the orbax checkpoint (must not exist)')
   args = parser.parse_args(argv)
   if os.path.exists(args.output):
     parser.error(f'--output {args.output} already exists; choose a new directory')
-  segmentation = models.family(args.model)[1] is models.SemanticFPN
-  if segmentation != (args.task == 'segmentation'):
-    parser.error(f'--model {args.model} does not fit --task={args.task} (segmentation models are semfpn_*)')
+  family, _, converter, _ = _TASKS[args.task]
+  if models.family(args.model)[1] is not family:
+    parser.error(f'--model {args.model} does not fit --task={args.task} ('
+                 + ', '.join(f'--task={t} takes {v[1]}' for t, v in _TASKS.items()) + ')')
   try:
-    if segmentation:
-      variables = from_mmseg(args.input, args.model)
-      params = variables['params']
-    else:
-      variables, params = None, from_pytorch(args.input, args.model)
+    variables = converter(args.input, args.model)
   except (ValueError, OSError) as e:  # the file: its message names it and says what to do
     print(f'Error: {e}', file=sys.stderr)
     return 1
-  save(params, args.output, batch_stats=None if variables is None else variables['batch_stats'])
-  count = sum(np.size(x) for x in jax.tree.leaves(params))
+  if family is models.HATNet:
+    variables = {'params': variables}
+  save(variables['params'], args.output, batch_stats=variables.get('batch_stats'))
+  count = sum(np.size(x) for x in jax.tree.leaves(variables['params']))
   print(f'wrote {args.model} ({count:,} parameters) to {os.path.abspath(args.output)}')
   return 0
 
