@@ -7,7 +7,8 @@
 `data_config()` holds the fields `hatnet_jax.data.detection.pipeline` reads (mmdet 3.3.0's RetinaNet 1x data
 pipeline: Resize (1333, 800) keep-ratio, RandomFlip 0.5, Normalize, Pad to 32; the training filter
 filter_empty_gt=True, min_size=32). `get_config()` adds the loop's generic fields (the segmentation
-defaults' set); the detection configs set the model and the detection head's fields on top.
+defaults' set), `detection_config()` RetinaNet's anchors, assigner, loss and test-time settings, and the
+schedule is PVT's RetinaNet 1x.
 """
 import ml_collections
 
@@ -41,22 +42,51 @@ def data_config():
   return d
 
 
+def detection_config():
+  """config.detection: RetinaNet's anchors, assigner, loss and test-time settings (mmdet's retinanet_r50_fpn)."""
+  return ml_collections.ConfigDict(dict(
+      strides=(8, 16, 32, 64, 128),  # the FPN levels P3-P7
+      octave_base_scale=4,  # anchor side = stride x 4 x 2^(i/3), i < scales_per_octave
+      scales_per_octave=3,
+      ratios=(0.5, 1.0, 2.0),
+      pos_iou_thr=0.5,
+      neg_iou_thr=0.4,
+      min_pos_iou=0.0,
+      focal_gamma=2.0,
+      focal_alpha=0.25,
+      box_loss_weight=1.0,
+      images_per_group=2,  # the loss is normalised per group of images, as mmdet per GPU (8 GPUs x 2 images)
+      nms_pre=1000,
+      score_thr=0.05,
+      nms_iou=0.5,
+      max_per_img=100,
+  ))
+
+
 def get_config():
   c = default.get_config()
   c.task = 'detection'
   c.model.name = 'retinanet_hatnet_tiny'
-  c.model.drop_path_rate = 0.1
+  c.model.drop_path_rate = 0.1  # as the segmentation recipe
+  c.model.num_anchors = 9
+  del c.model['head_drop_rate']  # RetinaNet has no dropout before its head
   del c['mixup']  # classification only
   c.data = data_config()
+  c.detection = detection_config()
 
   c.batch_size = 16  # mmdet: 8 GPUs x 2 images
   c.base_lr = 1e-4  # PVT's RetinaNet: AdamW 1e-4, weight decay 1e-4
   c.lr_base_batch = 16
   c.weight_decay = 1e-4
   c.weight_decay_on = 'all'
-  c.lr_schedule = 'cosine'  # the detection configs set mmdet's step schedule
+  c.grad_clip_norm = 0.0  # PVT: optimizer_config = dict(grad_clip=None)
+  c.lr_schedule = 'step'  # mmcv's: x0.1 after epochs 8 and 11, linear warmup from 0.001 x over 500 steps
+  c.lr_milestone_epochs = (8, 11)
+  c.lr_milestone_steps = ml_collections.FieldReference(None, field_type=tuple)
+  c.lr_decay_factor = 0.1
+  c.warmup_ratio = 0.001
   c.min_lr = 0.0
-  c.warmup_lr = 0.0
+  c.warmup_lr = 0.0  # (unused: warmup_ratio is set)
   c.num_epochs = 12
   c.num_steps = None
   c.warmup_epochs = None

@@ -7,6 +7,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from tests.references.param_counts import PARAM_COUNTS
@@ -29,7 +30,8 @@ def load_config(path):
 def test_all_expected_configs_exist():
   names = {os.path.basename(p) for p in CONFIGS}
   assert {'default.py', 'digits.py', 'seg_default.py', 'seg_digits.py'} | {f'{v}.py' for v in VARIANTS} \
-      | {f'seg_fpn_{v}.py' for v in VARIANTS} <= names
+      | {f'seg_fpn_{v}.py' for v in VARIANTS} | {'det_default.py', 'retinanet_digits.py'} \
+      | {f'retinanet_{v}.py' for v in VARIANTS} <= names
 
 
 def test_pretrained_digit_scenes_start_from_the_digits_demos_last_checkpoint():
@@ -49,12 +51,20 @@ def test_config_loads_and_builds_its_model(path):
   config = load_config(path)
   task = tasks.create(config)
   task.validate()
-  segmentation = config.task == 'segmentation'
-  num_classes = {'digits': 10, 'digit_scenes': 11}.get(config.data.dataset, 150 if segmentation else 1000)
+  segmentation, detection = config.task == 'segmentation', config.task == 'detection'
+  num_classes = {'digits': 10, 'digit_scenes': 11, 'coco': 80}.get(
+      config.data.dataset.split('/')[0], 150 if segmentation else 10 if detection else 1000)
   model = task.create_model(num_classes)
   size = task.init_input().shape[1]
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))
   logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, size, size, 3)), train=False), variables)
+  if detection:  # per level (P3-P7) class logits and box deltas
+    cls_maps, box_maps = logits
+    anchors = config.model.num_anchors
+    assert [m.shape for m in cls_maps] == [(2, -(-size // s), -(-size // s), anchors * num_classes)
+                                           for s in config.detection.strides]
+    assert [m.shape[-1] for m in box_maps] == [anchors * 4] * len(config.detection.strides)
+    return
   assert logits.shape == ((2, size, size, num_classes) if segmentation else (2, num_classes))
   if config.model.name in VARIANTS and num_classes == 1000:
     assert sum(x.size for x in jax.tree.leaves(variables)) == PARAM_COUNTS[config.model.name]
@@ -120,3 +130,25 @@ def test_segmentation_configs_follow_the_pvt_mmseg_recipe(name):
   d = c.data
   assert (d.crop_size, d.scale, d.ratio_range, d.cat_max_ratio, d.hflip_prob, d.photometric, d.align) == (
       512, (2048, 512), (0.5, 2.0), 0.75, 0.5, True, 32)
+
+
+@pytest.mark.parametrize('name', sorted(VARIANTS))
+def test_detection_configs_follow_the_pvt_mmdet_recipe(name):
+  """PVT's retinanet_pvt_*_fpn_1x_coco.py: AdamW 1e-4 (large: 1e-4 / 1.4 at 1 image per GPU), weight decay
+  1e-4, 12 epochs, x0.1 after 8 and 11, warmup 500 steps from 0.001x; mmdet's RetinaNet anchors and test_cfg."""
+  c = load_config(os.path.join(REPO, 'configs', f'retinanet_{name}.py'))
+  assert c.task == 'detection' and c.model.name == f'retinanet_{name}' and c.data.dataset == 'coco'
+  large = name == 'hatnet_large'
+  per_image = 1 if large else 2
+  assert (c.batch_size, c.detection.images_per_group) == (8 * per_image, per_image)
+  np.testing.assert_allclose(c.base_lr * c.batch_size / c.lr_base_batch, 1e-4 / 1.4 if large else 1e-4)
+  assert (c.weight_decay, c.weight_decay_on, c.grad_clip_norm) == (1e-4, 'all', 0.0)
+  assert (c.lr_schedule, c.lr_milestone_epochs, c.lr_decay_factor, c.num_epochs) == ('step', (8, 11), 0.1, 12)
+  assert (c.warmup_steps, c.warmup_ratio) == (500, 0.001)
+  d, det = c.data, c.detection
+  assert (d.scale, d.hflip_prob, d.size_divisor) == ((1333, 800), 0.5, 32)
+  assert (det.strides, det.octave_base_scale, det.scales_per_octave, det.ratios) == (
+      (8, 16, 32, 64, 128), 4, 3, (0.5, 1.0, 2.0))
+  assert (det.pos_iou_thr, det.neg_iou_thr, det.min_pos_iou, det.focal_gamma, det.focal_alpha) == (
+      0.5, 0.4, 0.0, 2.0, 0.25)
+  assert (det.nms_pre, det.score_thr, det.nms_iou, det.max_per_img) == (1000, 0.05, 0.5, 100)

@@ -1,4 +1,4 @@
-"""Tasks: one module per task (`classification`, `segmentation`; detection next), each a `base.Task` that owns
+"""Tasks: one module per task (`classification`, `segmentation`, `detection`), each a `base.Task` that owns
 its model construction, loss, evaluation outputs and metrics, data iterators and TensorBoard pictures;
 `tasks.create(config)` returns the one named by `config.task`. The training loop calls only `base.Task`'s
 methods. Imports `models`, `data`, `metrics`, `visualization` and `layout`; never `training`, `tools` or
@@ -18,8 +18,13 @@ def _segmentation():
   return segmentation.Segmentation
 
 
+def _detection():
+  from hatnet_jax.tasks import detection  # pylint: disable=g-import-not-at-top
+  return detection.Detection
+
+
 # name -> a function returning the Task class (imported on use: a task may need extra packages).
-TASKS = {'classification': _classification, 'segmentation': _segmentation}
+TASKS = {'classification': _classification, 'segmentation': _segmentation, 'detection': _detection}
 
 
 def create(config) -> Task:

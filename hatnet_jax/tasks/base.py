@@ -50,6 +50,7 @@ class Task(abc.ABC):
 
   name: str = ''
   best_metric: str = ''  # a key of the eval metrics (higher is better): ranks the kept best checkpoint
+  workdir: str | None = None  # the run's directory, set by the trainer: where evaluation artefacts may go
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config

@@ -108,7 +108,9 @@ def _whole_on_each_process(tree, mesh):
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
-  return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+  """The numeric scalars of a task's metrics (arrays, texts and lists are for its own summaries)."""
+  return {k: float(v) for k, v in metrics.items()
+          if not isinstance(v, (str, bytes)) and np.ndim(v) == 0 and np.issubdtype(np.asarray(v).dtype, np.number)}
 
 
 def _task_metrics(metrics: dict[str, Any], prefix: str = 'eval_') -> dict[str, Any]:
@@ -141,6 +143,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> step
     raise FileNotFoundError(f'config.mode=eval: no checkpoint in {ckdir} and no config.init_from; train first '
                             f'or point --config.init_from at converted weights.')
   workdir = prepare_workdir(workdir)
+  exp.task.workdir = workdir
   compile_cache.configure(config.compilation_cache_dir)
   _log_run(exp, 'Evaluating')
   with contextlib.ExitStack() as stack:
@@ -172,6 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     return evaluate_checkpoint(config, workdir)
   exp = experiment.Experiment.create(config)  # every settings error surfaces here, before compiling
   workdir = prepare_workdir(workdir)
+  exp.task.workdir = workdir
   # JAX's persistent compilation cache, before the steps compile (main.py has set it up already, before
   # anything compiled; this call is for other callers and then only restarts the cache's counts).
   compile_cache.configure(config.compilation_cache_dir)
