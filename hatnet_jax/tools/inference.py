@@ -113,11 +113,18 @@ def _saved_params_tree(path: str) -> Any:
   return tree['params']
 
 
+def saved_param_shape(path: str, *keys: str) -> tuple[int, ...] | None:
+  """The shape of params/<keys...> in the orbax checkpoint `path` (read from its metadata), or None."""
+  node = _saved_params_tree(path)
+  for key in keys:
+    node = node.get(key) if isinstance(node, dict) else None
+  return tuple(int(n) for n in node.shape) if hasattr(node, 'shape') else None
+
+
 def checkpoint_num_classes(path: str) -> int | None:
   """The classifier size stored in the checkpoint (params/head/kernel)."""
-  head = _saved_params_tree(path).get('head', {})
-  kernel = head.get('kernel') if isinstance(head, dict) else None
-  return int(kernel.shape[-1]) if kernel is not None else None
+  shape = saved_param_shape(path, 'head', 'kernel')
+  return shape[-1] if shape else None
 
 
 def create_model(settings: Settings, **kwargs):
