@@ -132,8 +132,10 @@ class Detection(base.Task):
     writer.write_scalars(step, {f'eval_class_AP/{i:03d}_{n}': float(a)
                                 for i, (n, a) in enumerate(zip(names, per_class)) if not np.isnan(a)})
     count = self.config.get('log_images_count', 0)
-    if count <= 0 or jax.process_index() != 0:
+    if count <= 0:
       return
+    # Every process runs the predict: the batch spans all processes' devices, so the program is a
+    # multi-process one (process 0 alone would wait on the others, or fail when they exit).
     it = self.eval_iterator(mesh)
     try:
       batch = next(iter(it))
@@ -142,7 +144,10 @@ class Detection(base.Task):
     cached = getattr(self, '_panel_predict', None)
     if cached is None or cached[0] is not model:
       cached = self._panel_predict = (model, jax.jit(lambda v, b: self.predict(model, v, b)))
-    pred = {k: np.asarray(layout.local_rows(v, count)) for k, v in cached[1](variables, batch).items()}
+    pred = jax.block_until_ready(cached[1](variables, batch))  # no process leaves before the program ends
+    if jax.process_index() != 0:
+      return
+    pred = {k: np.asarray(layout.local_rows(v, count)) for k, v in pred.items()}
     rows = {k: np.asarray(layout.local_rows(batch[k], count))
             for k in ('image', 'boxes', 'labels', 'box_valid', 'image_size', 'scale')}
     # Predictions are in original-image pixels; the panel shows the network's input: scale them back.
