@@ -42,7 +42,7 @@ def _config(tmp_path):
     (dict(data=dict(interpolation='lanczos3')), ValueError, r"resizes with bicubic or bilinear; config.data.interpolation is "
      r"'lanczos3': set config.data.device_resize=0"),
     (dict(mode='predict'), ValueError, r"config.mode must be one of \('train', 'eval'\)"),
-    (dict(task='detection'), ValueError, r"config.task='detection' is not a task; choose one of \['classification"),
+    (dict(task='panoptic'), ValueError, r"config.task='panoptic' is not a task; choose one of \['classification"),
     (dict(init_from='/no/such/dir'), FileNotFoundError, r'init_from=/no/such/dir does not exist. config.init_from '
      r'takes a directory written by `python -m hatnet_jax.tools.convert`'),
 ])
