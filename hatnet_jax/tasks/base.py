@@ -25,14 +25,16 @@ whose `task` field names it.
 """
 import abc
 import dataclasses
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import jax
-import ml_collections
 import numpy as np
 from flax import linen as nn
 
 from hatnet_jax.metrics import accumulate
+
+if TYPE_CHECKING:  # only for the annotation: the tasks import without ml_collections (e.g. a bare GPU image)
+  import ml_collections
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,7 @@ class Task(abc.ABC):
   best_metric: str = ''  # a key of the eval metrics (higher is better): ranks the kept best checkpoint
   workdir: str | None = None  # the run's directory, set by the trainer: where evaluation artefacts may go
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: 'ml_collections.ConfigDict'):
     self.config = config
 
   # ---- data (host) ----
