@@ -12,6 +12,7 @@ import queue
 import threading
 
 import jax
+import jax.numpy as jnp
 
 from hatnet_jax.data.tf_host import tf
 
@@ -141,3 +142,13 @@ class CorruptImageError(ValueError):
 
 def eval_batch_size(config):
   return int(config.data.get('eval_batch_size', 0) or 0) or int(config.batch_size)
+
+
+def normalize_pad(images, valid_hw, mean, std):
+  """On the device: uint8 [B, H, W, 3] -> (x / 255 - mean) / std in float32, 0 outside each image's valid
+  (h, w) `valid_hw` [B, 2] (mmseg's and mmdet's Normalize, then Pad with 0)."""
+  x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  h = jnp.arange(images.shape[1])[None, :, None]
+  w = jnp.arange(images.shape[2])[None, None, :]
+  inside = (h < valid_hw[:, 0, None, None]) & (w < valid_hw[:, 1, None, None])
+  return jnp.where(inside[..., None], x, 0.0)

@@ -194,12 +194,12 @@ def make_detect(task, model, d):
   """jitted (variables, one DetPreprocessor output) -> Detection.predict's dict for that image (batch of 1);
   the normalisation is the eval pipeline's (x / 255 - mean) / std with 0 in the padding."""
   import jax  # pylint: disable=g-import-not-at-top
-  from hatnet_jax.data.detection import pipeline  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data import stream  # pylint: disable=g-import-not-at-top
   from hatnet_jax.training import xla_options  # pylint: disable=g-import-not-at-top
   mean, std = tuple(float(x) for x in d.mean), tuple(float(x) for x in d.std)
 
   def detect(variables, image, image_size, scale):
-    x = pipeline._normalize_pad(image, image_size, mean, std)  # pylint: disable=protected-access
+    x = stream.normalize_pad(image, image_size, mean, std)
     return task.predict(model, variables, {'image': x, 'image_size': image_size, 'scale': scale})
 
   jitted = jax.jit(detect, compiler_options=xla_options.compiler_options())  # compiles once per padded size

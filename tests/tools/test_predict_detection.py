@@ -71,7 +71,8 @@ def _reference(run, path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from hatnet_jax import tasks  # pylint: disable=g-import-not-at-top
-  from hatnet_jax.data.detection import pipeline, transforms  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data import stream  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.data.detection import transforms  # pylint: disable=g-import-not-at-top
   from hatnet_jax.tools import inference  # pylint: disable=g-import-not-at-top
   config = _config(run)
   d = config.data
@@ -89,7 +90,7 @@ def _reference(run, path):
   task = tasks.create(config)
   model = task.create_model(10)
   variables = inference.load_variables(model, inference.resolve_weights(run['workdir'])[0])
-  batch = {'image': pipeline._normalize_pad(row['image'], row['image_size'], tuple(d.mean), tuple(d.std)),
+  batch = {'image': stream.normalize_pad(row['image'], row['image_size'], tuple(d.mean), tuple(d.std)),
            'image_size': row['image_size'], 'scale': row['scale']}
   out = jax.jit(lambda v, b: task.predict(model, v, b))(variables, batch)
   return {k: np.asarray(v)[0] for k, v in out.items()}, (h, w)

@@ -32,7 +32,6 @@ trains on every object, so none is dropped silently. An image that fits no canva
 import numpy as np
 
 import jax
-import jax.numpy as jnp
 
 from hatnet_jax import layout
 from hatnet_jax.data import stream
@@ -111,23 +110,13 @@ def eval_dataset(src, d, plan, lo, hi, threads=None):
   return ds.prefetch(2).with_options(stream.options(d, threads))
 
 
-def _normalize_pad(images, image_size, mean, std):
-  """uint8 [B, H, W, 3] -> (x / 255 - mean) / std in float32, 0 outside each image's (h, w) (mmdet: Normalize,
-  then Pad with 0)."""
-  x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-  h = jnp.arange(images.shape[1])[None, :, None]
-  w = jnp.arange(images.shape[2])[None, None, :]
-  inside = (h < image_size[:, 0, None, None]) & (w < image_size[:, 1, None, None])
-  return jnp.where(inside[..., None], x, 0.0)
-
-
 _JIT = {}
 
 
 def _normalize_fn(mean, std, sharding):
   key = (mean, std, sharding)
   if key not in _JIT:
-    _JIT[key] = jax.jit(lambda x, s: _normalize_pad(x, s, mean, std), out_shardings=sharding)
+    _JIT[key] = jax.jit(lambda x, s: stream.normalize_pad(x, s, mean, std), out_shardings=sharding)
   return _JIT[key]
 
 

@@ -111,23 +111,13 @@ def train_dataset(src, d, seed, global_batch, lo, hi, start_step=0, num_steps=st
   return ds.prefetch(2).with_options(stream.options(d, threads))
 
 
-def _normalize_pad(images, valid, mean, std):
-  """uint8 [B,H,W,3] -> normalised f32, 0 outside each image's valid (h, w) (mmseg: Normalize, Pad)."""
-  x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(
-      std, jnp.float32)
-  h = jnp.arange(images.shape[1])[None, :, None]
-  w = jnp.arange(images.shape[2])[None, None, :]
-  inside = (h < valid[:, 0, None, None]) & (w < valid[:, 1, None, None])
-  return jnp.where(inside[..., None], x, 0.0)
-
-
 _JIT = {}
 
 
 def _train_device_fn(mean, std, sharding):
   key = ('train', mean, std, sharding)
   if key not in _JIT:
-    _JIT[key] = jax.jit(lambda x, v, l: (_normalize_pad(x, v, mean, std), l.astype(jnp.int32)),
+    _JIT[key] = jax.jit(lambda x, v, l: (stream.normalize_pad(x, v, mean, std), l.astype(jnp.int32)),
                         out_shardings=(sharding, sharding))
   return _JIT[key]
 
@@ -135,7 +125,7 @@ def _train_device_fn(mean, std, sharding):
 def _normalize_fn(mean, std, sharding):
   key = (mean, std, sharding)
   if key not in _JIT:
-    _JIT[key] = jax.jit(lambda x, v: _normalize_pad(x, v, mean, std), out_shardings=sharding)
+    _JIT[key] = jax.jit(lambda x, v: stream.normalize_pad(x, v, mean, std), out_shardings=sharding)
   return _JIT[key]
 
 

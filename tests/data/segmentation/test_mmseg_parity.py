@@ -48,7 +48,7 @@ from mmseg.evaluation import IoUMetric  # pylint: disable=g-import-not-at-top,wr
 
 from configs import seg_default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hatnet_jax.data import testing  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hatnet_jax.data.segmentation import pipeline as seg_pipeline  # pylint: disable=g-import-not-at-top
+from hatnet_jax.data import stream  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hatnet_jax.data.segmentation import transforms as seg_transforms  # pylint: disable=g-import-not-at-top
 from hatnet_jax.metrics import miou  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -383,7 +383,7 @@ def test_random_flip_matches_mmseg(tmp_path, script):
 
 
 def test_pad_image_0_label_255_after_normalize_matches_mmseg(tmp_path):
-  """TrainTransform's padding (uint8 image 0, label 255) + the device's Normalize/Pad (`_normalize_pad`:
+  """TrainTransform's padding (uint8 image 0, label 255) + the device's Normalize/Pad (`stream.normalize_pad`:
   0 outside the valid region after normalisation) against 0.13's Normalize(to_rgb) then
   Pad(size=crop, pad_val=0, seg_pad_val=255) (mmcv.imnormalize, mmcv Pad) and 1.x's
   SegDataPreProcessor(size=crop, pad_val=0, seg_pad_val=255, bgr_to_rgb): label and padded values exact;
@@ -399,7 +399,7 @@ def test_pad_image_0_label_255_after_normalize_matches_mmseg(tmp_path):
   out_img, out_lab, valid = _identity_transform(h, w, crop, hflip_prob=0.0)(
       tf.constant(_png(img)), tf.constant(_png(raw)), tf.constant([0, 0], tf.int64))
   d = seg_default.data_config()
-  ours = np.asarray(seg_pipeline._normalize_pad(  # pylint: disable=protected-access
+  ours = np.asarray(stream.normalize_pad(
       out_img.numpy()[None], valid.numpy()[None], tuple(d.mean), tuple(d.std)))[0]
   out_lab = out_lab.numpy()
 
@@ -682,7 +682,7 @@ def test_train_transform_matches_mmseg_pipeline(tmp_path, script, hw):
 
     padded = Pad(size=(CROP, CROP), pad_val=dict(img=0, seg=IGNORE))(dict(
         img=mmcv.imnormalize(r['img'], MEAN_255, STD_255, to_rgb=True), gt_seg_map=r['gt_seg_map']))
-    ours = np.asarray(seg_pipeline._normalize_pad(  # pylint: disable=protected-access
+    ours = np.asarray(stream.normalize_pad(
         out_img[None], valid[None], tuple(d.mean), tuple(d.std)))[0]
     inside = np.zeros((CROP, CROP), bool)
     inside[:ch, :cw] = True
