@@ -118,3 +118,24 @@ class Task(abc.ABC):
 
   def write_eval_summaries(self, writer, step: int, metrics: Mapping[str, Any], variables, model, mesh) -> None:
     """Extra TensorBoard output after an evaluation (tables, prediction images); default: none."""
+
+  def panel_predictions(self, model, variables, mesh, predict) -> tuple[dict, Any] | None:
+    """(first eval batch, predict(model, variables, batch)) for TensorBoard pictures, on process 0; None on the
+    other processes and when config.log_images_count is 0.
+
+    Every process must call it: the batch spans all processes' devices, so the jitted predict is a
+    multi-process program (process 0 alone would wait on the others, or fail when they exit), and each one
+    waits for it to end before leaving. One jit per model for the whole run (a new jit per evaluation traced
+    and compiled it again)."""
+    if self.config.get('log_images_count', 0) <= 0:
+      return None
+    it = self.eval_iterator(mesh)
+    try:
+      batch = next(iter(it))
+    finally:
+      it.close()
+    cached = getattr(self, '_panel_predict', None)
+    if cached is None or cached[0] is not model:
+      cached = self._panel_predict = (model, jax.jit(lambda v, b: predict(model, v, b)))
+    pred = jax.block_until_ready(cached[1](variables, batch))
+    return (batch, pred) if jax.process_index() == 0 else None

@@ -131,22 +131,11 @@ class Detection(base.Task):
     writer.write_texts(step, {'eval_per_class_AP': '\n'.join(rows)})
     writer.write_scalars(step, {f'eval_class_AP/{i:03d}_{n}': float(a)
                                 for i, (n, a) in enumerate(zip(names, per_class)) if not np.isnan(a)})
-    count = self.config.get('log_images_count', 0)
-    if count <= 0:
+    panel = self.panel_predictions(model, variables, mesh, self.predict)
+    if panel is None:
       return
-    # Every process runs the predict: the batch spans all processes' devices, so the program is a
-    # multi-process one (process 0 alone would wait on the others, or fail when they exit).
-    it = self.eval_iterator(mesh)
-    try:
-      batch = next(iter(it))
-    finally:
-      it.close()
-    cached = getattr(self, '_panel_predict', None)
-    if cached is None or cached[0] is not model:
-      cached = self._panel_predict = (model, jax.jit(lambda v, b: self.predict(model, v, b)))
-    pred = jax.block_until_ready(cached[1](variables, batch))  # no process leaves before the program ends
-    if jax.process_index() != 0:
-      return
+    batch, pred = panel
+    count = self.config.log_images_count
     pred = {k: np.asarray(layout.local_rows(v, count)) for k, v in pred.items()}
     rows = {k: np.asarray(layout.local_rows(batch[k], count))
             for k in ('image', 'boxes', 'labels', 'box_valid', 'image_size', 'scale')}

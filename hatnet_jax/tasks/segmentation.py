@@ -126,23 +126,11 @@ class Segmentation(base.Task):
     # Also as scalars, so each class's IoU plots over training (which classes lag, and for how long).
     writer.write_scalars(step, {f'eval_class_IoU/{i:03d}_{name}': float(iou)
                                 for i, (name, iou) in enumerate(zip(names, metrics['IoU']))})
-    count = self.config.get('log_images_count', 0)
-    if count <= 0:
+    panel = self.panel_predictions(model, variables, mesh, self.predict)
+    if panel is None:
       return
-    # Every process runs the predict: the batch spans all processes' devices, so the program is a
-    # multi-process one (process 0 alone would wait on the others, or fail when they exit).
-    it = self.eval_iterator(mesh)
-    try:
-      batch = next(iter(it))
-    finally:
-      it.close()
-    # One jitted predict per model for the whole run: a new jit per evaluation traced and compiled it again.
-    cached = getattr(self, '_panel_predict', None)
-    if cached is None or cached[0] is not model:
-      cached = self._panel_predict = (model, jax.jit(lambda v, b: self.predict(model, v, b)))
-    pred = jax.block_until_ready(cached[1](variables, batch))  # no process leaves before the program ends
-    if jax.process_index() != 0:
-      return
+    batch, pred = panel
+    count = self.config.log_images_count
     images = layout.local_rows(batch['image'], count)
     labels, preds = layout.local_rows(batch['label'], count), layout.local_rows(pred, count)
     sizes = layout.local_rows(batch['orig_size'], count)
