@@ -63,12 +63,16 @@ class Examples:
   """Collects per-example outputs: `add` takes a flat dict of arrays whose leading axis is the batch, one of
   them (`mask`) > 0 on real examples and 0 on padding rows; it keeps the real rows. `result()` is
   `finalize(arrays)` with every other key's rows concatenated in eval order (the mask itself is dropped;
-  default: the arrays). Memory grows with the split: keep the outputs compact (e.g. top-k detections)."""
+  default: the arrays). Memory grows with the split: keep the outputs compact (e.g. top-k detections), or
+  pass `compact`, which maps each batch's real rows (a dict of arrays) to what is kept instead (e.g. masks
+  encoded as RLEs in an object array), once per batch."""
 
   def __init__(self, finalize: Callable[[Mapping[str, np.ndarray]], dict[str, Any]] = _identity, *,
-               mask: str = 'mask'):
+               mask: str = 'mask',
+               compact: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None):
     self._finalize = finalize
     self._mask = mask
+    self._compact = compact
     self._rows: dict[str, list[np.ndarray]] = {}
 
   def add(self, outputs: Mapping[str, Any]) -> None:
@@ -77,6 +81,7 @@ class Examples:
     keep = np.asarray(outputs[self._mask]) > 0
     if keep.ndim != 1:
       raise ValueError(f'Examples: the mask {self._mask!r} must be 1-D [batch]; got shape {keep.shape}')
+    rows = {}
     for key, value in outputs.items():
       if key == self._mask:
         continue
@@ -84,7 +89,11 @@ class Examples:
       if value.shape[:1] != keep.shape:
         raise ValueError(f'Examples: {key!r} has shape {value.shape}, not a leading batch axis of '
                          f'{keep.shape[0]} (as the mask {self._mask!r})')
-      self._rows.setdefault(key, []).append(value[keep])
+      rows[key] = value[keep]
+    if self._compact is not None:
+      rows = self._compact(rows)
+    for key, value in rows.items():
+      self._rows.setdefault(key, []).append(value)
 
   @property
   def num_examples(self) -> int:

@@ -181,6 +181,25 @@ def test_examples_keeps_the_masked_rows_in_order_and_checks_shapes():
     acc.add({'v': np.arange(3), 'valid': np.ones(4)})
 
 
+def test_examples_compact_sees_each_batchs_real_rows_and_keeps_what_it_returns():
+  calls = []
+
+  def compact(rows):  # e.g. Mask R-CNN: probabilities -> RLE lists (objects)
+    calls.append(sorted(rows))
+    out = {'v': rows['v']}
+    out['codes'] = np.empty(len(rows['v']), dtype=object)
+    out['codes'][:] = [[int(x)] * int(x) for x in rows['v']]
+    return out
+
+  acc = accumulate.Examples(lambda rows: rows, compact=compact)
+  acc.add({'v': np.arange(4), 'big': np.ones((4, 3)), 'mask': np.array([1, 0, 1, 1])})
+  acc.add({'v': np.arange(4, 8), 'big': np.ones((4, 3)), 'mask': np.array([0, 0, 1, 0])})
+  rows = acc.result()
+  assert calls == [['big', 'v'], ['big', 'v']] and sorted(rows) == ['codes', 'v']
+  np.testing.assert_array_equal(rows['v'], [0, 2, 3, 6])
+  assert list(rows['codes']) == [[], [2, 2], [3, 3, 3], [6] * 6]
+
+
 def test_sums_keep_classifications_totals_exact():
   task = tasks.create(digits.get_config('tiny'))
   acc = task.eval_accumulator()
