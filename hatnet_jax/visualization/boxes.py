@@ -86,14 +86,27 @@ def draw_boxes(image, boxes, labels, scores, class_names: Sequence[str], valid=N
   return np.asarray(pil)
 
 
+def overlay_masks(image: np.ndarray, masks, keep, colors, alpha: float = 0.45) -> np.ndarray:
+  """uint8 [h, w, 3] with each kept instance mask [N, >= h, >= w] blended in its own colour (instance i takes
+  colors[i % len(colors)], so that neighbours of one class stay apart)."""
+  out = image.astype(np.float32)
+  h, w = image.shape[:2]
+  for i in np.flatnonzero(np.asarray(keep, bool)):
+    m = np.asarray(masks[i], bool)[:h, :w]
+    out[m] = (1 - alpha) * out[m] + alpha * np.asarray(colors[i % len(colors)], np.float32)
+  return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def detection_panels(images, mean: Sequence[float], std: Sequence[float], sizes, gt, pred,
-                     class_names: Sequence[str], score_threshold: float = 0.3) -> np.ndarray:
+                     class_names: Sequence[str], score_threshold: float = 0.3, gt_masks=None,
+                     pred_masks=None) -> np.ndarray:
   """uint8 [B, H', 2 W', 3]: ground truth | prediction, each image cropped to its valid extent and padded
   (black, bottom and right) to the batch's largest extent H' x W'.
 
   images: normalised float [B, H, W, 3]; sizes [B, 2] the valid (h, w) of each; gt = (boxes [B, G, 4],
   labels [B, G], valid [B, G]); pred = (boxes [B, D, 4], labels, scores, valid [B, D]); boxes xyxy in the
-  pixels of `images`. Predictions scoring under `score_threshold` are not drawn.
+  pixels of `images`. Predictions scoring under `score_threshold` are not drawn. Instance segmentation adds
+  gt_masks [B, G, H, W] / pred_masks [B, D, H, W] (bool, on the pixels of `images`), blended under the boxes.
   """
   shown = images_for_display(images, mean, std)
   sizes = np.minimum(np.asarray(sizes, np.int64).reshape(-1, 2), shown.shape[1:3])
@@ -108,7 +121,9 @@ def detection_panels(images, mean: Sequence[float], std: Sequence[float], sizes,
   for i, (h, w) in enumerate(sizes):
     crop = np.ascontiguousarray(shown[i, :h, :w])
     keep = np.asarray(pr_valid[i], bool) & (np.asarray(pr_scores[i]) >= score_threshold)
-    out[i, :h, :w] = draw_boxes(crop, gt_boxes[i], gt_labels[i], None, class_names, gt_valid[i], colors)
-    out[i, :h, out_w:out_w + w] = draw_boxes(crop, pr_boxes[i], pr_labels[i], pr_scores[i], class_names, keep,
+    gt_crop = crop if gt_masks is None else overlay_masks(crop, gt_masks[i], gt_valid[i], colors)
+    pr_crop = crop if pred_masks is None else overlay_masks(crop, pred_masks[i], keep, colors)
+    out[i, :h, :w] = draw_boxes(gt_crop, gt_boxes[i], gt_labels[i], None, class_names, gt_valid[i], colors)
+    out[i, :h, out_w:out_w + w] = draw_boxes(pr_crop, pr_boxes[i], pr_labels[i], pr_scores[i], class_names, keep,
                                              colors)
   return out

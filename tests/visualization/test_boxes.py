@@ -100,3 +100,22 @@ def test_detection_panels_crop_pad_and_threshold():
       for (x1, y1, x2, y2), label in zip(boxes[keep].astype(int), labels[keep]):
         expected[_outline(h, w, x1, y1, min(x2, w) - 1, min(y2, h) - 1)] = palette[label]
       np.testing.assert_array_equal(half[:h, :w], expected)  # images under 64 px: boxes only, no tags
+
+
+def test_masks_are_blended_per_instance_under_the_boxes():
+  image = np.full((10, 12, 3), 100, np.uint8)
+  masks = np.zeros((3, 16, 16), bool)  # larger than the crop: cut to it
+  masks[0, 1:4, 1:4] = masks[1, 5:8, 5:8] = masks[2, 0:2, 0:2] = True
+  colors = np.array([[255, 0, 0], [0, 255, 0]], np.uint8)
+  out = pictures.overlay_masks(image, masks, [True, True, False], colors, alpha=0.5)
+  np.testing.assert_array_equal(out[2, 2], [178, 50, 50])  # instance 0: (100 + 255) / 2 rounded to even
+  np.testing.assert_array_equal(out[6, 6], [50, 178, 50])  # instance 1: its own colour
+  np.testing.assert_array_equal(out[0, 0], [100, 100, 100])  # instance 2 is not kept
+  assert (out[9:, :] == 100).all() and out.shape == image.shape
+  images = np.zeros((1, 10, 12, 3), np.float32)
+  no_boxes = (np.zeros((1, 3, 4), np.float32), np.zeros((1, 3), int), np.zeros((1, 3), bool))
+  pred = no_boxes[:2] + (np.ones((1, 3)), np.array([[True, True, False]]))
+  panels = pictures.detection_panels(images, [0.5] * 3, [1.0] * 3, [[10, 12]], no_boxes, pred, NAMES,
+                                     gt_masks=masks[None], pred_masks=masks[None])
+  assert (panels[0, :, :12] == 128).all()  # no valid GT: no mask drawn
+  assert (panels[0, 2, 14] != 128).any() and (panels[0, 9, 23] == 128).all()  # kept instance 0 only
