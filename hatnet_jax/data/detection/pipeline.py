@@ -16,10 +16,21 @@ batch, M = config.data.max_boxes, (Hc, Wc) = the batch's canvas), exactly these 
   orig_size   int32 [B, 2] (h, w) of the original image
   image_id    int32 [B]
   mask        int32 [B] 1 for real examples (eval padding rows 0; train all 1)
+  masks       uint8 [B, M, Hc, Wc // 8] only with masks (below): row i = GT row i's instance mask on the canvas,
+              np.packbits(mask, axis=-1, bitorder='little') (JAX: jnp.unpackbits(..., axis=-1,
+              bitorder='little')); rows past the image's objects are 0; crowd rows hold their crowd mask
 
 Config fields read (configs/det_default.py; `config.seed`, `config.batch_size` too): data.dataset,
 data_dir, manual_dir, train_split, eval_split, eval_batch_size, scale, hflip_prob, mean, std, size_divisor,
-canvases, max_boxes, filter_empty_gt, min_size, prefetch, threads, cache.
+canvases, max_boxes, filter_empty_gt, min_size, prefetch, threads, cache, with_masks (absent: False).
+
+Masks (Mask R-CNN): with config.data.with_masks the training batches carry `masks` (`transforms`,
+`masks.canvas_masks`: mmdet's LoadAnnotations(with_mask=True) -> Resize -> RandomFlip -> Pad on gt_masks);
+off, the batches are RetinaNet's, unchanged. Evaluation carries masks only when asked
+(`create_eval_iterator(..., masks=True)`): mask AP is scored from the records' polygons / RLEs through
+the metric, as COCO's evaluation reads the annotation file, so the eval pass does not pay for them. A kept
+object without a segmentation is an error naming the image, the annotation and the field, raised when its
+batch is read (checking beforehand would read every record of the split: COCO train is 18 GB).
 
 Training stream: `batching.TrainPlan` (canvas-homogeneous batches, a pure function of (seed, step), so
 `start_step=k` resumes exactly and batches do not depend on the process or device count); the flip of
@@ -36,22 +47,32 @@ import jax
 from hatnet_jax import layout
 from hatnet_jax.data import stream
 from hatnet_jax.data.detection import batching
+from hatnet_jax.data.detection import masks as det_masks
 from hatnet_jax.data.detection import sources as det_sources
 from hatnet_jax.data.detection import transforms as det_transforms
 from hatnet_jax.data.tf_host import tf
 
 _SALT_AUG = 0xDE7A
 KEYS = ('image', 'boxes', 'labels', 'box_valid', 'crowd', 'image_size', 'scale', 'orig_size', 'image_id', 'mask')
+MASK_KEYS = KEYS + ('masks',)
+
+
+def with_masks(d):
+  """config.data.with_masks (False where the config has no such field): training batches carry `masks`."""
+  return bool(d.get('with_masks', False))
 
 
 def _canvases(d):
   return det_transforms.check_canvases(d.canvases, int(d.size_divisor))
 
 
-def check_split(src, d, indices):
+def check_split(src, d, indices, masks=False):
   """Canvas index of every record of `src`; raises if one of `indices` fits no canvas or holds more kept
-  objects than config.data.max_boxes."""
+  objects than config.data.max_boxes, or (`masks`) a canvas width is no multiple of 8 (packed masks)."""
   canvases = _canvases(d)
+  if masks and any(w % 8 for _, w in canvases):
+    raise ValueError(f'config.data.canvases={canvases}: with masks every canvas width must be a multiple of 8 '
+                     f'(masks are bit-packed along the width); set config.data.size_divisor to a multiple of 8')
   scale, div = tuple(int(x) for x in d.scale), int(d.size_divisor)
   heights, widths = src.meta['heights'], src.meta['widths']
   canvas_of = det_transforms.canvas_index(heights, widths, scale, canvases, div)
@@ -80,7 +101,7 @@ def _lookup_rows(ds, src, chunk):
 
 def train_dataset(src, d, plan, seed, lo, hi, start_step=0, num_steps=stream.INF_STEPS, threads=None):
   """Per-process host dataset: the transform's dict (`transforms.DetTransform`) batched to rows [lo, hi)."""
-  transform = det_transforms.DetTransform(d, train=True)
+  transform = det_transforms.DetTransform(d, train=True, with_masks=with_masks(d))
   canvases = tf.constant(np.asarray(_canvases(d), np.int32))
   n, b = hi - lo, plan.batch
   ds = plan.dataset(start_step, num_steps)
@@ -93,9 +114,10 @@ def train_dataset(src, d, plan, seed, lo, hi, start_step=0, num_steps=stream.INF
   return ds.prefetch(2).with_options(stream.options(d, threads))
 
 
-def eval_dataset(src, d, plan, lo, hi, threads=None):
-  """Per-process host dataset of one pass: the transform's dict plus mask, rows [lo, hi) of each batch."""
-  transform = det_transforms.DetTransform(d, train=False)
+def eval_dataset(src, d, plan, lo, hi, threads=None, masks=False):
+  """Per-process host dataset of one pass: the transform's dict plus mask, rows [lo, hi) of each batch
+  (instance masks only if `masks`)."""
+  transform = det_transforms.DetTransform(d, train=False, with_masks=masks)
   canvases = np.asarray(_canvases(d), np.int32)
   n = hi - lo
   idx = np.concatenate([p.indices[lo:hi] for p in plan])
@@ -120,12 +142,27 @@ def _normalize_fn(mean, std, sharding):
   return _JIT[key]
 
 
-def _first_bad(src, indices):
-  """Decodes the records of `indices` eagerly; a message naming the first that cannot be read, else None."""
+def _check_masks(record):
+  """Decodes every kept object's mask of a parsed record (raises `masks.MaskError` naming the object)."""
+  kept = np.asarray(record['objects/kept'], bool)
+  segs = [s for s, k in zip(record['objects/segmentation'], kept) if k]
+  ids = np.asarray(record['objects/id'])[kept]
+  for j, (seg, ann_id) in enumerate(zip(segs, ids)):
+    det_masks.decode(seg, int(record['height']), int(record['width']), record['image_id'], j, ann_id)
+
+
+def _first_bad(src, indices, masks=False):
+  """Decodes the records of `indices` eagerly (with `masks`, their instance masks too); a message naming the
+  first that cannot be read, else None."""
   from hatnet_jax.data.decode import decode_image  # pylint: disable=g-import-not-at-top
+  keys = ['image'] + (['image_id', 'height', 'width', 'objects/kept', 'objects/id', 'objects/segmentation']
+                      if masks else [])
   for i in sorted(set(int(x) for x in indices)):
     try:
-      decode_image(tf.constant(src.read([i], keys=['image'])[0]['image']))
+      record = src.read([i], keys=keys)[0]
+      decode_image(tf.constant(record['image']))
+      if masks:
+        _check_masks(record)
     except Exception as e:  # pylint: disable=broad-except
       msg = getattr(e, 'message', str(e)).strip().splitlines()[0]
       return f'{src.describe(i)}: {msg}'
@@ -133,10 +170,12 @@ def _first_bad(src, indices):
 
 
 class _DetBatches(stream.GlobalBatches):
-  """Host rows -> the global batch dict (KEYS)."""
+  """Host rows -> the global batch dict (KEYS, or MASK_KEYS with `masks`)."""
 
-  def __init__(self, host_ds, src, d, sharding, global_batch):
+  def __init__(self, host_ds, src, d, sharding, global_batch, masks=False):
     self._src = src
+    self._masks = bool(masks)
+    self.keys = MASK_KEYS if masks else KEYS
     self._global_batch = global_batch
     self._normalize = _normalize_fn(tuple(float(x) for x in d.mean), tuple(float(x) for x in d.std), sharding)
     super().__init__(host_ds, sharding, int(d.prefetch))
@@ -145,11 +184,11 @@ class _DetBatches(stream.GlobalBatches):
     b = self._global_batch
     make = lambda x: self._global(np.asarray(x), (b,) + tuple(np.shape(x)[1:]))
     size = make(local['image_size'])
-    out = {k: make(local[k]) for k in KEYS if k not in ('image', 'mask')}
+    out = {k: make(local[k]) for k in self.keys if k not in ('image', 'mask')}
     out['image'] = self._normalize(make(local['image']), size)
     mask = local['mask'] if 'mask' in local else np.ones([local['image'].shape[0]], np.int32)
     out['mask'] = make(mask.astype(np.int32))
-    return {k: out[k] for k in KEYS}
+    return {k: out[k] for k in self.keys}
 
 
 class DetTrainIterator(_DetBatches):
@@ -163,7 +202,7 @@ class DetTrainIterator(_DetBatches):
     self.steps_per_epoch = plan.steps_per_epoch
     self.step = int(start_step)
     self._produced_step = int(start_step)
-    super().__init__(host_ds, src, d, sharding, plan.batch)
+    super().__init__(host_ds, src, d, sharding, plan.batch, masks=with_masks(d))
 
   def _produce(self):
     step = self._produced_step
@@ -172,7 +211,7 @@ class DetTrainIterator(_DetBatches):
     except tf.errors.InvalidArgumentError as e:
       indices = self.plan.batches(step, 1)[0][0]
       raise RuntimeError(f'Training data could not be read at step {step}: '
-                         f'{_first_bad(self._src, indices) or getattr(e, "message", str(e))}') from e
+                         f'{_first_bad(self._src, indices, self._masks) or getattr(e, "message", str(e))}') from e
     self._produced_step += 1
     return self._to_global(local)
 
@@ -189,7 +228,7 @@ def _train_plan(config):
   d = config.data
   src = det_sources.open_split(d, det_sources.dataset_info(d).train_split)
   eligible = det_sources.train_indices(src.meta, d)
-  canvas_of = check_split(src, d, eligible)
+  canvas_of = check_split(src, d, eligible, masks=with_masks(d))
   plan = batching.TrainPlan(eligible, canvas_of, len(_canvases(d)), int(config.batch_size), int(config.seed))
   return src, plan
 
@@ -210,12 +249,12 @@ def create_train_iterator(config, mesh, start_step=0):
 class DetEvalIterator(_DetBatches):
   """One exact pass (KEYS; padding rows have mask 0). `plan` lists the batches (indices, mask, canvas)."""
 
-  def __init__(self, host_ds, src, d, plan, sharding, global_batch):
+  def __init__(self, host_ds, src, d, plan, sharding, global_batch, masks=False):
     self.plan = plan
     self.num_batches = len(plan)
     self.num_examples = len(src)
     self._k = 0
-    super().__init__(host_ds, src, d, sharding, global_batch)
+    super().__init__(host_ds, src, d, sharding, global_batch, masks)
 
   def _produce(self):
     k = self._k
@@ -224,7 +263,7 @@ class DetEvalIterator(_DetBatches):
     try:
       local = next(self._np_iter)
     except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
-      bad = _first_bad(self._src, self.plan[k].indices)
+      bad = _first_bad(self._src, self.plan[k].indices, self._masks)
       raise stream.CorruptImageError(
           f'Evaluation stopped: an image of the eval split {self._src.split!r} could not be read (evaluation '
           f'never skips images; fix or remove it): {bad or getattr(e, "message", str(e))}') from None
@@ -235,13 +274,14 @@ class DetEvalIterator(_DetBatches):
     return self.num_batches
 
 
-def create_eval_iterator(config, mesh):
+def create_eval_iterator(config, mesh, masks=False):
+  """The exact eval pass; `masks`: carry instance masks too (evaluation itself does not need them)."""
   d = config.data
   batch = stream.eval_batch_size(config)
   info = det_sources.dataset_info(d)
   src = det_sources.open_split(d, info.eval_split)
-  canvas_of = check_split(src, d, np.arange(len(src)))
+  canvas_of = check_split(src, d, np.arange(len(src)), masks=masks)
   plan = batching.eval_plan(canvas_of, batch)
   sharding, lo, hi = layout.batch_rows(mesh, batch, what='config.data.eval_batch_size (0: batch_size)')
-  host = eval_dataset(src, d, plan, lo, hi)
-  return DetEvalIterator(host, src, d, plan, sharding, batch)
+  host = eval_dataset(src, d, plan, lo, hi, masks=masks)
+  return DetEvalIterator(host, src, d, plan, sharding, batch, masks=masks)

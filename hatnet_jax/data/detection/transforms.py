@@ -16,6 +16,12 @@ Train (`DetTransform(train=True)`), mmdet's order:
      canvas (`canvas_index`: the first of config.data.canvases that holds the 32-padded resized size).
 Eval (`train=False`): the same without the flip.
 
+Instance masks (`with_masks=True`, Mask R-CNN: mmdet's LoadAnnotations(with_mask=True, poly2mask=True) and
+the same Resize / RandomFlip / Pad on gt_masks): `masks.canvas_masks` in a tf.numpy_function decodes each
+kept object's polygons / RLE with pycocotools, resizes it as cv2 INTER_NEAREST, flips it with the image,
+zero-pads it to the canvas and bit-packs it: ``masks`` uint8 [M, H, W // 8]. An object mmdet's
+_process_masks ignores (no polygon of >= 6 coordinates left, a malformed RLE dict) becomes a crowd box.
+
 Objects are padded to config.data.max_boxes rows (boxes 0, labels -1, box_valid and crowd False). Every
 float box operation is mmdet's float32 arithmetic in the same order, so boxes match it exactly.
 """
@@ -24,12 +30,14 @@ import math
 import numpy as np
 
 from hatnet_jax.data.decode import decode_image
+from hatnet_jax.data.detection import masks as det_masks
 from hatnet_jax.data.detection import records
 from hatnet_jax.data.segmentation import transforms as seg_transforms
 from hatnet_jax.data.tf_host import tf
 
 _KEYS = ['image', 'image_id', 'height', 'width', 'objects/bbox', 'objects/label', 'objects/is_crowd',
          'objects/kept']
+_MASK_KEYS = ['objects/segmentation', 'objects/id']
 
 
 def resized_size(h, w, scale):
@@ -94,15 +102,28 @@ def flip_boxes(boxes, nw):
 class DetTransform:
   """(serialized record, seed [2] int64, canvas (H, W) int32) -> dict(image uint8 [H, W, 3] zero-padded,
   boxes f32 [M, 4], labels int32 [M], box_valid bool [M], crowd bool [M], image_size int32 [2] (resized h, w),
-  scale f32 [2] (sy, sx), orig_size int32 [2], image_id int32)."""
+  scale f32 [2] (sy, sx), orig_size int32 [2], image_id int32); with `with_masks` also masks uint8
+  [M, H, W // 8] (`masks.canvas_masks`)."""
 
-  def __init__(self, d, train):
+  def __init__(self, d, train, with_masks=False):
     self.scale = tuple(int(x) for x in d.scale)
     self.hflip_prob = float(d.hflip_prob) if train else 0.0
     self.max_boxes = int(d.max_boxes)
+    self.with_masks = bool(with_masks)
+
+  def _masks(self, ex, keep, h, w, nh, nw, flip, canvas_hw):
+    """(packed masks uint8 [M, Hc, Wc // 8], ignored bool [n kept]) through `masks.canvas_masks`."""
+    m = self.max_boxes
+    fn = lambda *args: det_masks.canvas_masks(*args, max_boxes=m)
+    packed, ignored = tf.numpy_function(
+        fn, [tf.boolean_mask(ex['objects/segmentation'], keep), tf.boolean_mask(ex['objects/id'], keep),
+             ex['image_id'], h, w, nh, nw, flip, canvas_hw[0], canvas_hw[1]], [tf.uint8, tf.bool], stateful=False)
+    packed.set_shape([m, None, None])
+    ignored.set_shape([None])
+    return packed, ignored
 
   def __call__(self, serialized, seed, canvas_hw):
-    ex = records.parse(serialized, _KEYS)
+    ex = records.parse(serialized, _KEYS + (_MASK_KEYS if self.with_masks else []))
     img = decode_image(ex['image'])
     shape = tf.shape(img)
     h, w = shape[0], shape[1]
@@ -112,13 +133,17 @@ class DetTransform:
     boxes, (sx, sy) = scale_boxes(tf.boolean_mask(ex['objects/bbox'], keep), h, w, nh, nw)
     labels = tf.cast(tf.boolean_mask(ex['objects/label'], keep), tf.int32)
     crowd = tf.boolean_mask(ex['objects/is_crowd'], keep)
+    flip = tf.constant(False)
     if self.hflip_prob > 0:
       flip = tf.random.stateless_uniform([], seed, dtype=tf.float32) < self.hflip_prob
       img = tf.cond(flip, lambda: tf.reverse(img, [1]), lambda: img)
       boxes = tf.cond(flip, lambda: flip_boxes(boxes, nw), lambda: boxes)
     img = tf.pad(img, [[0, canvas_hw[0] - nh], [0, canvas_hw[1] - nw], [0, 0]], constant_values=0)
     m = self.max_boxes
-    return dict(
+    if self.with_masks:
+      packed, ignored = self._masks(ex, keep, h, w, nh, nw, flip, canvas_hw)
+      crowd = tf.logical_or(crowd, ignored)  # mmdet's ignore_flag for an object without a usable mask
+    out = dict(
         image=img,
         boxes=pad_objects(boxes, m, 0.0),
         labels=pad_objects(labels, m, -1),
@@ -128,3 +153,6 @@ class DetTransform:
         scale=tf.stack([sy, sx]),
         orig_size=tf.stack([h, w]),
         image_id=tf.cast(ex['image_id'], tf.int32))
+    if self.with_masks:
+      out['masks'] = packed
+    return out
