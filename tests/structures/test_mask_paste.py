@@ -125,7 +125,8 @@ def test_empty_and_bad_input():
 
 
 def test_speed_100_detections_640x480():
-  """Reported figure: ~30 ms on this 2-core CPU (mmdet's GPU-path paste in torch: ~350 ms)."""
+  """Reported figure: ~0.16 s on this 2-core CPU at load average ~11 (mmdet's skip_empty=False paste in torch
+  on the same inputs at the same time: ~2.1 s)."""
   rng = np.random.default_rng(2)
   probs = rng.uniform(0, 1, (100, 28, 28)).astype(np.float32)
   xy = rng.uniform(0, [640, 480], (100, 2))
