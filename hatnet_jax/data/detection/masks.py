@@ -17,6 +17,13 @@ Per image, for the kept objects in order (`canvas_masks`):
   5. Packed: uint8 [max_boxes, Hc, Wc // 8] = np.packbits(mask, axis=-1, bitorder='little') (`pack`,
      `unpack`); rows past the kept objects are zero.
 
+Cost on the host (`canvas_masks`, tests/data/detection/test_masks.py::test_cost_per_coco_image): a 640 x 480
+image with 20 polygons of 24 vertices into the (800, 1344) canvas, 100 rows, takes 67 ms on this 2-core AMD
+EPYC (110-130 ms while others ran, load ~11): pycocotools' decoding ~1.6 ms per object, the element-wise
+column gather ~1.7 ms per object at 1066 x 800; the row gather, the packing and the zeroed [100, 800, 168]
+output ~5 ms. An image without objects costs ~0.1 ms. It runs inside tf.data's parallel map
+(tf.numpy_function, so under Python's GIL except where numpy releases it).
+
 Errors name what is wrong and how to fix it (`MaskError`, a ValueError): an object without a segmentation,
 unreadable JSON, an RLE whose size is not the image's or whose counts do not cover it. pycocotools is
 imported when a mask is decoded (the `train` extra).
@@ -122,7 +129,13 @@ def rescale_nearest(masks, new_h, new_w, flip=False):
 
 def pack(masks):
   """bool/0-1 [..., W] -> uint8 [..., ceil(W / 8)]: np.packbits little-endian along the width (zero-filled)."""
-  return np.packbits(np.asarray(masks, bool), axis=-1, bitorder='little')
+  masks = np.asarray(masks)
+  masks = masks if masks.dtype == np.bool_ else masks != 0
+  if masks.shape[-1] % 8:
+    return np.packbits(masks, axis=-1, bitorder='little')
+  # Whole rows of a multiple of 8 columns: one flat packbits (numpy's fast path; axis=-1 is ~100x slower).
+  flat = np.packbits(np.ascontiguousarray(masks).reshape(-1), bitorder='little')
+  return flat.reshape(masks.shape[:-1] + (masks.shape[-1] // 8,))
 
 
 def unpack(packed, width=None):
@@ -157,7 +170,5 @@ def canvas_masks(segmentations, ann_ids, image_id, height, width, new_h, new_w, 
   bytes_w = (new_w + 7) // 8
   cols = _columns(width, new_w, bool(flip), 8 * bytes_w)
   resized = np.take(np.take(decoded, cols, axis=2), nearest_sources(height, new_h), axis=1)
-  # Whole rows of a multiple of 8 columns: one flat packbits (numpy's fast path; axis=-1 is ~100x slower).
-  out[:n, :new_h, :bytes_w] = np.packbits(resized.view(bool).reshape(-1), bitorder='little').reshape(
-      n, new_h, bytes_w)
+  out[:n, :new_h, :bytes_w] = pack(resized.view(bool))  # 0/1 bytes; 8 * bytes_w columns: pack's fast path
   return out, ignored
