@@ -1,27 +1,29 @@
 """HAT-Net models: `create(name, ...)` builds a model family on a backbone variant from the table in `variants`.
 
 Names are a family prefix + a variant name: 'hatnet_tiny' (classifier), 'semfpn_hatnet_tiny' (Semantic FPN),
-'retinanet_hatnet_tiny' (RetinaNet).
+'retinanet_hatnet_tiny' (RetinaNet), 'maskrcnn_hatnet_tiny' (Mask R-CNN).
 """
 import jax.numpy as jnp
 
 from hatnet_jax.models import layers
 from hatnet_jax.models.backbone.attention import HMHSA, local_attention
 from hatnet_jax.models.backbone.hatnet import HATNet
+from hatnet_jax.models.mask_rcnn import MaskRCNN
 from hatnet_jax.models.retinanet import RetinaNet
 from hatnet_jax.models.semantic_fpn import SemanticFPN, backbone_params_from_classifier
 from hatnet_jax.models.backbone.variants import VARIANTS, Variant, get_variant
 
-__all__ = ['FAMILIES', 'HATNet', 'HMHSA', 'RetinaNet', 'SemanticFPN', 'VARIANTS', 'Variant',
+__all__ = ['FAMILIES', 'HATNet', 'HMHSA', 'MaskRCNN', 'RetinaNet', 'SemanticFPN', 'VARIANTS', 'Variant',
            'backbone_params_from_classifier', 'create', 'family', 'stage_map_sizes', 'get_variant',
            'local_attention', 'names']
 
 # Name prefix -> model class; the rest of the name is a row of VARIANTS. Every class takes the variant first
 # and the keyword fields that `create` passes.
-FAMILIES = {'semfpn_': SemanticFPN, 'retinanet_': RetinaNet, '': HATNet}
+FAMILIES = {'semfpn_': SemanticFPN, 'retinanet_': RetinaNet, 'maskrcnn_': MaskRCNN, '': HATNet}
 # Settings of a family beyond what every family takes (`create` passes them through as keywords).
 _OWN_FIELDS = {SemanticFPN: ('neck_channels', 'head_channels'),
-               RetinaNet: ('neck_channels', 'head_channels', 'num_anchors')}
+               RetinaNet: ('neck_channels', 'head_channels', 'num_anchors'),
+               MaskRCNN: ('neck_channels', 'rpn_channels', 'num_anchors', 'fc_channels', 'mask_channels')}
 
 
 def names() -> list[str]:
@@ -71,17 +73,18 @@ def xla_paths(depthwise_impl: str = 'auto', attention_impl: str | None = None, n
 def create(name: str, *, num_classes: int = 1000, drop_path_rate: float = 0.0, drop_rate: float = 0.0,
            head_drop_rate: float | None = None, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
            unroll: bool | int = False, attention_impl: str | None = None, depthwise_impl: str = 'auto',
-           norm_impl: str = 'auto', **overrides) -> HATNet | SemanticFPN | RetinaNet:
-  """Model `name` ('hatnet_tiny', 'semfpn_hatnet_tiny', 'retinanet_hatnet_tiny', ... see names());
-  `overrides` replace fields of the backbone's table row (e.g. dims) or set the family's own fields
-  (Semantic FPN: neck_channels, head_channels; RetinaNet: those and num_anchors).
+           norm_impl: str = 'auto', **overrides) -> HATNet | SemanticFPN | RetinaNet | MaskRCNN:
+  """Model `name` ('hatnet_tiny', 'semfpn_hatnet_tiny', 'retinanet_hatnet_tiny', 'maskrcnn_hatnet_tiny', ...
+  see names()); `overrides` replace fields of the backbone's table row (e.g. dims) or set the family's own
+  fields (Semantic FPN: neck_channels, head_channels; RetinaNet: those and num_anchors; Mask R-CNN:
+  neck_channels, rpn_channels, num_anchors, fc_channels, mask_channels).
 
   dtype is the compute dtype ('float32' or 'bfloat16'), param_dtype that of the parameters.
   remat rematerialises each block in the backward pass; unroll unrolls the scan over a stage's blocks: True
   every stage, an int N the stages of at most N blocks (faster steps, longer compiles; XLA's cost analysis
   counts every block of an unrolled stage).
   head_drop_rate: dropout before the classifier / conv_seg; None takes the family's default (0.2 for
-  the classifier as the official model, 0.1 for Semantic FPN as mmseg); RetinaNet has no such dropout.
+  the classifier as the official model, 0.1 for Semantic FPN as mmseg); RetinaNet and Mask R-CNN have none.
   attention_impl: None/'' (the native CPU kernels on one CPU device in float32, else JAX chooses),
   'native' (those kernels), 'xla', or 'cudnn' (flash attention on GPU).
   depthwise_impl / norm_impl: 'auto' takes the native CPU kernels of the inverted residual's
