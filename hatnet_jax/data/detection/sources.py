@@ -217,18 +217,21 @@ _GROUND_TRUTH = {}
 def ground_truth(d, split=None, chunk=256):
   """The split's ground truth as COCO evaluation sees it, one dict per image in record (image_id) order:
   image_id, orig_size (h, w), boxes float32 [n, 4] xyxy in original pixels, labels int64 [n] (contiguous),
-  is_crowd bool [n], area float32 [n]: every annotation, also those training skips (kept=False), as the
+  is_crowd bool [n], area float32 [n], segmentation [n] (the COCO polygons or RLE as JSON text, '' where
+  none; mask AP reads them): every annotation, also those training skips (kept=False), as the
   official evaluation reads the whole annotation file. Read once per process and split."""
   split = split or dataset_info(d).eval_split
   src = open_split(d, split, cache=False)
   key = (src.name, str(d.get('data_dir')), split)
   if key not in _GROUND_TRUTH:
-    wanted = ['image_id', 'height', 'width'] + [f'objects/{k}' for k in ('bbox', 'label', 'is_crowd', 'area')]
+    wanted = ['image_id', 'height', 'width'] + [f'objects/{k}' for k in ('bbox', 'label', 'is_crowd', 'area',
+                                                                                  'segmentation')]
     out = []
     for start in range(0, len(src), chunk):
       for r in src.read(range(start, min(start + chunk, len(src))), keys=wanted):
         out.append({'image_id': int(r['image_id']), 'orig_size': (int(r['height']), int(r['width'])),
                     'boxes': r['objects/bbox'], 'labels': r['objects/label'],
-                    'is_crowd': r['objects/is_crowd'], 'area': r['objects/area']})
+                    'is_crowd': r['objects/is_crowd'], 'area': r['objects/area'],
+                    'segmentation': r['objects/segmentation']})
     _GROUND_TRUTH[key] = out
   return _GROUND_TRUTH[key]
