@@ -34,6 +34,7 @@ def data_config():
   # (landscape and square -> the first, portrait -> the second, as mmdet's aspect-ratio groups).
   d.canvases = ((800, 1344), (1344, 800))
   d.max_boxes = 100  # objects per image in a batch; an image with more is an error naming it
+  d.with_masks = False  # each object's instance mask in the training batches (Mask R-CNN)
   d.filter_empty_gt = True  # training skips images without annotations (mmdet's filter_cfg)
   d.min_size = 32  # ... and images whose shorter side is below this
   d.prefetch = 2

@@ -119,6 +119,11 @@ class Task(abc.ABC):
   def write_eval_summaries(self, writer, step: int, metrics: Mapping[str, Any], variables, model, mesh) -> None:
     """Extra TensorBoard output after an evaluation (tables, prediction images); default: none."""
 
+  def panel_iterator(self, mesh) -> Iterator[dict]:
+    """The eval batches the pictures are drawn from (`panel_predictions` takes the first); default: the eval
+    iterator (a task may add what only the pictures need, e.g. the GT masks)."""
+    return self.eval_iterator(mesh)
+
   def panel_predictions(self, model, variables, mesh, predict) -> tuple[dict, Any] | None:
     """(first eval batch, predict(model, variables, batch)) for TensorBoard pictures, on process 0; None on the
     other processes and when config.log_images_count is 0.
@@ -129,7 +134,7 @@ class Task(abc.ABC):
     and compiled it again)."""
     if self.config.get('log_images_count', 0) <= 0:
       return None
-    it = self.eval_iterator(mesh)
+    it = self.panel_iterator(mesh)
     try:
       batch = next(iter(it))
     finally:
