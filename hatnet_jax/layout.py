@@ -4,12 +4,14 @@ A 1-D Mesh over all devices of all processes with axis 'data'. The batch is spli
 parameters, optimizer state and EMA are replicated, or (config.shard_params) split FSDP-style over the
 same axis. Each process feeds the contiguous rows of every global batch that its devices hold.
 """
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+if TYPE_CHECKING:  # only for annotations: the GPU machine's image has no ml_collections
+  import ml_collections
 
 DATA_AXIS = 'data'
 
@@ -20,7 +22,7 @@ def create_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, config: ml_collections.ConfigDict) -> Any:
+def state_shardings(abstract_state: Any, mesh: Mesh, config: 'ml_collections.ConfigDict') -> Any:
   """Replicated everywhere, or (config.shard_params) each array of at least shard_params_min_size
   elements split along its largest dimension divisible by the device count."""
   replicated = NamedSharding(mesh, P())
