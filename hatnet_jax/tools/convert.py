@@ -1,10 +1,11 @@
 """Official PyTorch HAT-Net weights (HAT-Net_Tiny.pth ...) -> Flax params, mmseg Semantic FPN checkpoints ->
-Flax params + batch_stats, mmdet RetinaNet checkpoints -> Flax params, and a command line that writes any of
-them as an orbax checkpoint the trainer can start from (`config.init_from`).
+Flax params + batch_stats, mmdet RetinaNet and Mask R-CNN checkpoints -> Flax params (`convert_mmdet.py`), and
+a command line that writes any of them as an orbax checkpoint the trainer can start from (`config.init_from`).
 
     python -m hatnet_jax.tools.convert --model=hatnet_tiny --input=HAT-Net_Tiny.pth --output=DIR
     python -m hatnet_jax.tools.convert --task=segmentation --model=semfpn_hatnet_tiny --input=fpn.pth --output=DIR
     python -m hatnet_jax.tools.convert --task=detection --model=retinanet_hatnet_tiny --input=retina.pth --output=DIR
+    python -m hatnet_jax.tools.convert --task=detection --model=maskrcnn_hatnet_tiny --input=mask_rcnn.pth --output=DIR
 
 torch is imported only to read a .pth file; a state dict of numpy arrays converts without it.
 """
@@ -21,8 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from hatnet_jax import models
-from hatnet_jax.models import retinanet
-from hatnet_jax.models.heads import fpn_head, retina_head
+from hatnet_jax.models.heads import fpn_head
 
 # Allocated by the official Attention module but never used in its forward pass; accepted and dropped.
 _UNUSED = ('.attn.proj_norm.weight', '.attn.proj_norm.bias')
@@ -112,21 +112,6 @@ def _seg_layout(variant: models.Variant, strides=(4, 8, 16, 32)) -> Layout:
                                            ('running_var', 'batch_stats', 'var')]:
         table[f'{t}.bn.{torch_name}'] = (collection, base + ('bn', name), None, _same)
   conv('decode_head.conv_seg', ('decode_head', 'conv_seg'))
-  return table
-
-
-def _det_layout(net: models.RetinaNet) -> Layout:
-  """mmdet RetinaNet (HAT-Net + FPN + RetinaHead) state-dict key -> where it goes in RetinaNet's params. Convs
-  sit in ConvModules (`.conv.`) but retina_cls/reg; ModuleList indices are the Flax names' (FPN's as mmdet's)."""
-  table = _backbone_layout(net.variant)
-  for i in range(len(net.variant.dims) - 1):  # FPN start_level=1
-    _conv_entry(table, f'neck.lateral_convs.{i}.conv', ('neck', f'lateral_convs_{i}'))
-  for i in range(len(retinanet.STRIDES)):
-    _conv_entry(table, f'neck.fpn_convs.{i}.conv', ('neck', f'fpn_convs_{i}'))
-  for branch in ('cls', 'reg'):
-    for i in range(retina_head.RetinaHead.stacked_convs):
-      _conv_entry(table, f'bbox_head.{branch}_convs.{i}.conv', ('bbox_head', f'{branch}_convs_{i}'))
-    _conv_entry(table, f'bbox_head.retina_{branch}', ('bbox_head', f'retina_{branch}'))
   return table
 
 
@@ -277,7 +262,7 @@ def from_pytorch(path_or_state_dict, model: str, num_classes: int | None = None,
   """
   if models.family(model)[1] is not models.HATNet:
     raise ValueError(f'from_pytorch converts HAT-Net classifiers; got {model!r} (use from_mmseg for semfpn_*, '
-                     'from_mmdet for retinanet_*)')
+                     'from_mmdet for retinanet_* and maskrcnn_*)')
   classes_of = functools.partial(_first_axis, key='classifier.1.weight', what='a HAT-Net checkpoint')
   return _convert(path_or_state_dict, _classifier_params, classes_of, model, num_classes, overrides)
 
@@ -318,40 +303,10 @@ def _segmentation_variables(state, model, num_classes, **overrides):
 
 
 def from_mmdet(path_or_state_dict, model: str, num_classes: int | None = None, **overrides) -> dict:
-  """An mmdet HAT-Net + RetinaNet checkpoint -> {'params'} of `models.create(model, ...)` (RetinaNet has no
-  BatchNorm, so no batch_stats).
-
-  model is a 'retinanet_*' name. Takes a .pth path (read with weights_only=True) or a state dict, plain or
-  wrapped under "state_dict" as mmcv/mmengine save it. num_classes defaults to retina_cls's outputs over the
-  anchors per position. backbone.* is in the official HAT-Net layout (its unused proj_norm is dropped),
-  neck.* mmdet's FPN, bbox_head.* its RetinaHead. Anything else (rpn_head / roi_head of a Faster or Mask
-  R-CNN, say) is an error naming the file, the model and every mismatch in one ValueError.
-  """
-  if models.family(model)[1] is not models.RetinaNet:
-    raise ValueError(f'from_mmdet converts RetinaNet models (retinanet_*); got {model!r}')
-  num_anchors = overrides.get('num_anchors', models.RetinaNet.num_anchors)
-  classes_of = lambda state: _retina_classes(state, model, num_anchors)
-  return _convert(path_or_state_dict, _detection_variables, classes_of, model, num_classes, overrides)
-
-
-def _retina_classes(state, model: str, num_anchors: int) -> int:
-  """retina_cls's outputs / anchors per position; a ValueError naming the heads found if there is none."""
-  w = state.get('bbox_head.retina_cls.weight')
-  if w is None:
-    heads = sorted({k.split('.')[0] for k in state} - {'backbone', 'neck'})
-    raise ValueError(f'not an mmdet RetinaNet checkpoint: {model} needs bbox_head.retina_cls and retina_reg, '
-                     f'but there is no bbox_head.retina_cls.weight (heads found: {heads or "none"}; '
-                     'rpn_head and roi_head are a Faster or Mask R-CNN\'s)')
-  if w.shape[0] % num_anchors:
-    raise ValueError(f'bbox_head.retina_cls has {w.shape[0]} outputs, not a multiple of num_anchors='
-                     f'{num_anchors} ({model}: classes x anchors per position)')
-  return w.shape[0] // num_anchors
-
-
-def _detection_variables(state, model, num_classes, **overrides):
-  net, expected = _expected(model, num_classes, overrides)
-  return _fill(state, _det_layout(net), expected, lambda k: k.startswith('backbone.') and k.endswith(_UNUSED),
-               f'{model} (num_classes={num_classes})')
+  """An mmdet HAT-Net + RetinaNet (retinanet_*) or Mask R-CNN (maskrcnn_*) checkpoint -> {'params'}: see
+  `convert_mmdet.from_mmdet`."""
+  from hatnet_jax.tools import convert_mmdet  # imported here: it builds on this module's machinery
+  return convert_mmdet.from_mmdet(path_or_state_dict, model, num_classes, **overrides)
 
 
 def save(params, directory: str | os.PathLike, batch_stats=None) -> None:
@@ -363,10 +318,11 @@ def save(params, directory: str | os.PathLike, batch_stats=None) -> None:
   ckptr.wait_until_finished()
 
 
-# --task -> (model family, its prefix, converter, what --input is).
-_TASKS = {'classification': (models.HATNet, 'hatnet_*', from_pytorch, 'official HAT-Net .pth'),
-          'segmentation': (models.SemanticFPN, 'semfpn_*', from_mmseg, 'mmseg Semantic FPN checkpoint'),
-          'detection': (models.RetinaNet, 'retinanet_*', from_mmdet, 'mmdet RetinaNet checkpoint')}
+# --task -> (model families, their prefixes, converter, what --input is).
+_TASKS = {'classification': ((models.HATNet,), 'hatnet_*', from_pytorch, 'official HAT-Net .pth'),
+          'segmentation': ((models.SemanticFPN,), 'semfpn_*', from_mmseg, 'mmseg Semantic FPN checkpoint'),
+          'detection': ((models.RetinaNet, models.MaskRCNN), 'retinanet_* or maskrcnn_*', from_mmdet,
+                        'mmdet RetinaNet or Mask R-CNN checkpoint')}
 
 
 def main(argv=None):
@@ -379,8 +335,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if os.path.exists(args.output):
     parser.error(f'--output {args.output} already exists; choose a new directory')
-  family, _, converter, _ = _TASKS[args.task]
-  if models.family(args.model)[1] is not family:
+  families, _, converter, _ = _TASKS[args.task]
+  if models.family(args.model)[1] not in families:
     parser.error(f'--model {args.model} does not fit --task={args.task} ('
                  + ', '.join(f'--task={t} takes {v[1]}' for t, v in _TASKS.items()) + ')')
   try:
@@ -388,7 +344,7 @@ def main(argv=None):
   except (ValueError, OSError) as e:  # the file: its message names it and says what to do
     print(f'Error: {e}', file=sys.stderr)
     return 1
-  if family is models.HATNet:
+  if families == (models.HATNet,):
     variables = {'params': variables}
   save(variables['params'], args.output, batch_stats=variables.get('batch_stats'))
   count = sum(np.size(x) for x in jax.tree.leaves(variables['params']))

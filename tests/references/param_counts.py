@@ -17,3 +17,14 @@ RETINANET_PARAM_COUNTS = {
     'hatnet_medium': 52_662_932,
     'hatnet_large': 73_045_588,
 }
+
+# Trainable parameters of Mask R-CNN (mmdet's mask-rcnn_r50_fpn.py with PVT's neck: FPN on all four stages, 5
+# outputs, P6 by max-pool; RPNHead with 3 anchors, Shared2FCBBoxHead, FCNMaskHead) at 80 classes. mmdet 3.3.0's
+# MaskRCNN on tests/references/torch_hatnet.py's backbone has the same counts, less the backbone's unused
+# proj_norm GroupNorms (tests/models/test_mask_rcnn.py checks it where mmdet is installed).
+MASK_RCNN_PARAM_COUNTS = {
+    'hatnet_tiny': 32_367_024,
+    'hatnet_small': 45_392_976,
+    'hatnet_medium': 62_580_368,
+    'hatnet_large': 82_668_112,
+}
