@@ -60,12 +60,20 @@ def _hand_level0():
   return np.array([2.0, 1.0, 5.0], np.float32).reshape(1, 3, 1), np.zeros((1, 3, 4), np.float32), anchors
 
 
+@functools.lru_cache(maxsize=None)
+def _hand_jit(nms_pre, iou, max_per_img):
+  return jax.jit(lambda c, d, a, v: proposals.rpn_proposals(c, d, a, np.array([20, 20]), nms_pre, max_per_img, iou,
+                                                            anchor_valid=v))
+
+
 def _run(nms_pre, iou, valid=None, max_per_img=4):
   logits0, deltas0, anchors0 = _hand_level0()
   level1 = (np.full((1, 1, 1), 0.5, np.float32), np.zeros((1, 1, 4), np.float32),
             np.array([[0, 0, 10, 10]], np.float32))  # anchor 0's box on another level: never suppressed by it
-  boxes, scores, ok = proposals.rpn_proposals([logits0, level1[0]], [deltas0, level1[1]], [anchors0, level1[2]],
-                                              np.array([20, 20]), nms_pre, max_per_img, iou, anchor_valid=valid)
+  if valid is None:
+    valid = [np.ones(3, bool), np.ones(1, bool)]
+  boxes, scores, ok = _hand_jit(nms_pre, iou, max_per_img)([logits0, level1[0]], [deltas0, level1[1]],
+                                                           [anchors0, level1[2]], valid)
   n = int(ok.sum())
   assert ok.tolist() == [True] * n + [False] * (max_per_img - n)
   assert not np.asarray(boxes)[n:].any() and not np.asarray(scores)[n:].any()
@@ -88,6 +96,8 @@ def test_by_hand():
   np.testing.assert_allclose(scores, sig(np.array([1.0, 0.5])), rtol=1e-6)
   boxes, _ = _run(nms_pre=3, iou=0.7, max_per_img=2)
   assert boxes == [[0, 0, 10, 10], [2, 0, 12, 10]]
+  boxes, _ = _run(nms_pre=3, iou=0.6, valid=[np.zeros(3, bool), np.zeros(1, bool)])
+  assert boxes == []  # every anchor flagged off: no proposal
 
 
 def test_errors_name_the_input():
@@ -156,8 +166,10 @@ def test_equals_mmdet_rpn_head(mmdet, monkeypatch, ties, nms_pre, max_per_img):
   cfg = ConfigDict(nms_pre=nms_pre, max_per_img=max_per_img, nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0)
   cls, box = _maps(np.random.default_rng(1 + ties), 3, ties=ties)
   image_hw = np.array([[128, 160], [97, 160], [128, 61]])  # padding below / right: anchors there clip away
-  nchw = lambda m: torch.from_numpy(np.ascontiguousarray(m.transpose(0, 3, 1, 2)))  # pylint: disable=unnecessary-lambda-assignment
-  want = head.predict_by_feat([nchw(m) for m in cls], [nchw(m) for m in box],
+  def nchw(maps):
+    return [torch.from_numpy(np.ascontiguousarray(m.transpose(0, 3, 1, 2))) for m in maps]
+
+  want = head.predict_by_feat(nchw(cls), nchw(box),
                               batch_img_metas=[dict(img_shape=tuple(int(v) for v in hw)) for hw in image_hw],
                               cfg=cfg, rescale=False)
   boxes, scores, valid = _jitted(nms_pre=nms_pre, max_per_img=max_per_img)(cls, box, image_hw)

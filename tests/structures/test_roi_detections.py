@@ -134,7 +134,8 @@ def test_equals_mmdet_bbox_head_predict(mmdet, monkeypatch, ties):
     assert labels[0] == 0 and (scores == scores[0]).sum() == 1
     flipped = np.arange(r)
     flipped[::4] = flipped[::4][::-1]  # the tied RoIs in reverse order: another one is kept
-    other = _unpack(_post(rois[flipped], valid[flipped], logits[flipped], deltas[flipped], image_hw, max_candidates=1024))
+    other = _unpack(_post(rois[flipped], valid[flipped], logits[flipped], deltas[flipped], image_hw,
+                          max_candidates=1024))
     assert other[1][0] == scores[0] and not np.array_equal(other[0][0], boxes[0])
   # No RoIs, and RoIs that are all padding: no detections (mmdet: empty results).
   assert len(_mmdet_predict(head, cfg, rois[:0], logits[:0], deltas[:0], image_hw).scores) == 0

@@ -83,7 +83,10 @@ def test_chain_equals_mmdet_get_targets(mmdet):
       InstanceData(priors=props_t), gt_instances)
   np.testing.assert_array_equal(result.gt_inds.numpy(), assigned[:real_props])  # the assigner agrees
   result.add_gt_(gt_instances.labels)
-  to_mmdet = lambda i: torch.from_numpy(np.where(i < len(gt), i, i - pad_gts)).long()  # pylint: disable=unnecessary-lambda-assignment
+
+  def to_mmdet(i):  # mmdet's priors: the real GTs, then the real proposals
+    return torch.from_numpy(np.where(i < len(gt), i, i - pad_gts)).long()
+
   sample = SamplingResult(pos_inds=to_mmdet(index[:n_pos]), neg_inds=to_mmdet(index[n_pos:n]),
                           priors=torch.cat([gt_t, props_t]), gt_bboxes=gt_t, assign_result=result,
                           gt_flags=torch.cat([torch.ones(real_gts), torch.zeros(real_props)]).to(torch.uint8))
