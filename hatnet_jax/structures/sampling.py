@@ -1,7 +1,9 @@
-"""mmdetection 3.3.0's RandomSampler with static shapes: which RoIs the R-CNN heads train on.
+"""mmdetection 3.3.0's RandomSampler with static shapes: which RoIs (or anchors) the heads train on.
 
-Mask R-CNN's rcnn sampler: num 512, pos_fraction 0.25, neg_pos_ub -1, add_gt_as_proposals True (the RPN's
-sampler, num 256 and pos_fraction 0.5 without GT proposals, is not needed: RPN targets are dense).
+Mask R-CNN's samplers: rcnn num 512, pos_fraction 0.25, add_gt_as_proposals True; rpn num 256,
+pos_fraction 0.5 over the anchors (their valid flags as candidate_valid), add_gt_as_proposals False; both
+neg_pos_ub -1. One function serves both; its cost is a random permutation, two top_k and one sort of
+the candidates.
 
 mmdet order of operations, kept here: the assigner runs on the proposals alone; then the sampler puts the
 GT boxes IN FRONT of the proposals, each assigned to itself (`AssignResult.add_gt_`), so a GT box is a
@@ -10,7 +12,7 @@ low-quality matching. `add_gt_as_proposals` does that prepending; call it betwee
 `random_sample`.
 
 mmdet's torch.randperm draws cannot be reproduced; the semantics are: at most int(num * pos_fraction)
-positives chosen uniformly at random without replacement, then negatives uniformly to fill num (capped at
+positives chosen uniformly at random without replacement (up to ties of 31-bit random priorities), then negatives uniformly to fill num (capped at
 neg_pos_ub * max(1, #positives) when neg_pos_ub >= 0), fewer when there are not enough. Output order is
 mmdet's SamplingResult order: the positives by ascending candidate index (mmdet's `.unique()` sorts), then
 the negatives by ascending index, then the unused (invalid) slots.
@@ -44,13 +46,13 @@ def add_gt_as_proposals(proposals: jax.Array, proposal_valid: jax.Array, assigne
           jnp.concatenate([gt_assigned, assigned]))
 
 
-def _first_k(eligible, rank, k, count):
-  """[N] bool: the `count` (traced, <= k static) eligible candidates of smallest random rank."""
+def _draw(eligible, priority, k, count):
+  """[min(k, N)] int32: the indices of the `count` (traced, <= k static) eligible candidates of highest
+  priority in ascending order, then N for each unused slot."""
   n = eligible.shape[0]
-  key = jnp.where(eligible, rank, n + jnp.arange(n))  # ineligible candidates sort last
-  _, order = lax.top_k(-key, min(k, n))
+  _, order = lax.top_k(jnp.where(eligible, priority, -1), min(k, n))
   chosen = eligible[order] & (jnp.arange(order.shape[0]) < count)
-  return jnp.zeros((n,), bool).at[order].set(chosen)
+  return jnp.sort(jnp.where(chosen, order, n)).astype(jnp.int32)
 
 
 def random_sample(key: jax.Array, assigned: jax.Array, candidate_valid: jax.Array, num: int, pos_fraction: float,
@@ -78,25 +80,27 @@ def random_sample(key: jax.Array, assigned: jax.Array, candidate_valid: jax.Arra
   n = assigned.shape[0]
   if n == 0:
     return jnp.zeros((num,), jnp.int32), jnp.zeros((num,), bool), jnp.zeros((num,), bool)
-  # A uniformly random permutation: each candidate's rank in it decides, so any subset of eligible
-  # candidates taken by smallest rank is a uniform draw without replacement (positives and negatives are
-  # disjoint, so their draws are independent).
-  rank = jnp.zeros((n,), jnp.int32).at[jax.random.permutation(key, n)].set(jnp.arange(n, dtype=jnp.int32))
+  # Each candidate draws a random 31-bit priority; the highest eligible ones are taken: a uniform draw
+  # without replacement up to ties of priorities (~N^2 / 2^32 pairs: ~14 among 243k anchors, each broken
+  # by index). Ranks from jax.random.permutation would remove those ties at 3.5x the cost (~340 against
+  # ~95 ms for 243k candidates on a loaded 2-core CPU). Positives and negatives are disjoint, so their
+  # draws are independent.
+  priority = (jax.random.bits(key, (n,), jnp.uint32) >> 1).astype(jnp.int32)
   positive = candidate_valid & (assigned > 0)
   negative = candidate_valid & (assigned == 0)
   max_pos = int(num * pos_fraction)
-  num_pos = jnp.minimum(jnp.sum(positive), max_pos)
-  chosen_pos = _first_k(positive, rank, max_pos, num_pos) if max_pos > 0 else jnp.zeros((n,), bool)
+  num_pos = jnp.minimum(jnp.sum(positive, dtype=jnp.int32), max_pos)
   num_neg = num - num_pos
   if neg_pos_ub >= 0:
     num_neg = jnp.minimum(num_neg, neg_pos_ub * jnp.maximum(num_pos, 1))
-  chosen_neg = _first_k(negative, rank, num, jnp.minimum(num_neg, jnp.sum(negative)))
-  # mmdet's SamplingResult order: positives, then negatives, each by index; the rest last.
-  slot = jnp.where(chosen_pos, 0, jnp.where(chosen_neg, 1, 2)) * n + jnp.arange(n)
-  order = jnp.argsort(slot)[:num].astype(jnp.int32)
-  picked = (chosen_pos | chosen_neg)[order]
-  if order.shape[0] < num:
-    pad = num - order.shape[0]
-    order = jnp.concatenate([order, jnp.zeros((pad,), jnp.int32)])
-    picked = jnp.concatenate([picked, jnp.zeros((pad,), bool)])
-  return jnp.where(picked, order, 0), picked & chosen_pos[order], picked
+  num_neg = jnp.minimum(num_neg, jnp.sum(negative, dtype=jnp.int32))
+  neg = _draw(negative, priority, num, num_neg)
+  # mmdet's SamplingResult order: the positives, then the negatives, each by ascending index; then unused.
+  slot = jnp.arange(num)
+  index = neg[jnp.clip(slot - num_pos, 0, neg.shape[0] - 1)]
+  if max_pos > 0:
+    pos = _draw(positive, priority, max_pos, num_pos)
+    index = jnp.where(slot < num_pos, pos[jnp.minimum(slot, pos.shape[0] - 1)], index)
+  is_positive = slot < num_pos
+  valid = slot < num_pos + num_neg
+  return jnp.where(valid, index, 0), is_positive, valid
