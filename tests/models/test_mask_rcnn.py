@@ -3,6 +3,7 @@ heads' initialisation against hand values and mmdet's init_weights, the referenc
 cases, and parity with mmdet 3.3.0's real MaskRCNN on the reference HAT-Net (weights through
 convert.from_mmdet): FPN maps, RPN outputs, and the box and mask heads on fixed RoIs pooled by the reference's
 RoIAlign (and by hatnet_jax.structures.roi_align where it exists)."""
+import functools
 import importlib.util
 import math
 
@@ -101,25 +102,28 @@ def test_output_shapes_any_input_size(hw):
     jax.eval_shape(lambda v: net.apply(v, jnp.zeros((5, 7, 7, 256)), method=net.mask_head), v)
 
 
-def _small_heads():
-  """Our three heads at small widths, initialised (jitted: one compile), and their inputs' widths."""
+@pytest.fixture(scope='module')
+def small_heads():
+  """Our three heads at small widths, initialised (jitted: one compile; 'rbg' keys compile in a third of
+  threefry's time), and the widths."""
   c, fc, k, a = 32, 64, 3, 3
   rpn = RPNHead(num_anchors=a, feat_channels=c)
   box = BBoxHead(num_classes=k, fc_channels=fc)
   mask = MaskHead(num_classes=k, channels=c)
+  key = lambda i: jax.random.key(i, impl='rbg')
 
   def init():
-    return (rpn.init(jax.random.key(0), [jnp.zeros((1, 4, 4, c))])['params'],
-            box.init(jax.random.key(1), jnp.zeros((1, 7, 7, c)))['params'],
-            mask.init(jax.random.key(2), jnp.zeros((1, 14, 14, c)))['params'])
+    return (rpn.init(key(0), [jnp.zeros((1, 4, 4, c))])['params'],
+            box.init(key(1), jnp.zeros((1, 7, 7, c)))['params'],
+            mask.init(key(2), jnp.zeros((1, 14, 14, c)))['params'])
 
   return jax.jit(init)(), dict(c=c, fc=fc, k=k, a=a)
 
 
-def test_initialisation_as_mmdet():
+def test_initialisation_as_mmdet(small_heads):
   """RPN normal(0.01); shared fcs xavier-uniform; fc_cls normal(0.01), fc_reg normal(0.001); mask convs, deconv
   and conv_logits kaiming-normal fan_out (std sqrt(2 / (out * kh * kw))); every bias zero."""
-  (rpn, box, mask), n = _small_heads()
+  (rpn, box, mask), n = small_heads
   for tree in (rpn, box, mask):
     for name, layer in tree.items():
       assert not np.any(layer['bias']), name
@@ -137,13 +141,13 @@ def test_initialisation_as_mmdet():
   assert np.abs(mask['convs_1']['kernel']).max() > 2.5 * math.sqrt(2 / (9 * n['c']))
 
 
-def test_initialisation_statistics_equal_mmdets():
+def test_initialisation_statistics_equal_mmdets(small_heads):
   """Our heads' per-parameter spread equals that of mmdet's own heads after init_weights, at the same widths."""
   torch = _mmdet()
   from mmdet.models.dense_heads import RPNHead as MMRPNHead
   from mmdet.models.roi_heads.bbox_heads import Shared2FCBBoxHead
   from mmdet.models.roi_heads.mask_heads import FCNMaskHead
-  (rpn, box, mask), n = _small_heads()
+  (rpn, box, mask), n = small_heads
   torch.manual_seed(0)
   anchors = dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64])
   refs = {'rpn_head': (MMRPNHead(n['c'], feat_channels=n['c'], anchor_generator=anchors), rpn),
@@ -193,16 +197,6 @@ def test_torch_roi_align_hand_cases():
   np.testing.assert_allclose(one.numpy().ravel(), [(0 + 0.6 + 1.6) / 3, (2.9 + 3.0) / 2], rtol=1e-6)
 
 
-@pytest.fixture(scope='module')
-def micro_pair():
-  _mmdet()
-  from tests.references import torch_maskrcnn
-  ref = torch_maskrcnn.build(models.get_variant('hatnet_tiny', **MICRO), num_classes=5)
-  variables = convert.from_mmdet({'state_dict': ref.state_dict(), 'meta': {}}, NAME, **MICRO)
-  net = models.create(NAME, num_classes=5, **MICRO)
-  return ref, net, variables
-
-
 def _close(a, b, what):
   a, b = np.asarray(a), np.asarray(b)
   assert a.shape == b.shape and a.dtype == np.float32, (what, a.shape, b.shape)
@@ -211,54 +205,110 @@ def _close(a, b, what):
   return diff
 
 
-def _compare(ref, net, variables, hw, batch=2, seed=0):
-  """FPN maps, RPN outputs, and the box and mask heads on ROIS pooled by mmdet's extractors."""
+def _nhwc(t):
+  return t.numpy().transpose(0, 2, 3, 1)
+
+
+def _mmdet_outputs(ref, x, rois):
+  """mmdet's FPN maps, RPN outputs, and its box and mask heads on `rois` pooled by its own extractors."""
   import torch
-  x = np.random.RandomState(seed).randn(batch, 3, *hw).astype(np.float32)
-  rois = torch.from_numpy(ROIS[ROIS[:, 0] < batch])
   with torch.no_grad():
     feats = ref.extract_feat(torch.from_numpy(x))
     obj, deltas = ref.rpn_head(feats)
     box = ref.roi_head._bbox_forward(feats, rois)  # cls_score, bbox_pred and bbox_feats (the pooled RoIs)
     mask = ref.roi_head._mask_forward(feats, rois)  # mask_preds, mask_feats
-  nhwc = lambda t: t.numpy().transpose(0, 2, 3, 1)
+  return feats, (obj, deltas), box, mask
+
+
+def _check_maps_and_rpn(net, variables, x, feats, rpn_ref):
   maps = jax.jit(lambda v, x: net.apply(v, x, method=net.features))(variables, x.transpose(0, 2, 3, 1))
   rpn = jax.jit(lambda v, f: net.apply(v, f, method=net.rpn))(variables, maps)
-  cls, reg = jax.jit(lambda v, p: net.apply(v, p, method=net.box_head))(variables, nhwc(box['bbox_feats']))
-  logits = jax.jit(lambda v, p: net.apply(v, p, method=net.mask_head))(variables, nhwc(mask['mask_feats']))
-  worst = max(_close(a, nhwc(b), f'P{i + 2}') for i, (a, b) in enumerate(zip(maps, feats)))
-  worst = max(worst, *(_close(a, nhwc(b), 'rpn') for a, b in zip(rpn[0] + rpn[1], list(obj) + list(deltas))))
-  worst = max(worst, _close(cls, box['cls_score'], 'fc_cls'), _close(reg, box['bbox_pred'], 'fc_reg'))
-  worst = max(worst, _close(logits, nhwc(mask['mask_preds']), 'mask logits'))
+  worst = max(_close(a, _nhwc(b), f'P{i + 2}') for i, (a, b) in enumerate(zip(maps, feats)))
+  pairs = zip(rpn[0] + rpn[1], list(rpn_ref[0]) + list(rpn_ref[1]))
+  worst = max(worst, *(_close(a, _nhwc(b), 'rpn') for a, b in pairs))
+  assert np.abs(rpn_ref[0][0].numpy()).max() > 0.05  # not a comparison of near-zero maps
+  return maps, worst
+
+
+def _check_heads(net, variables, box, mask):
+  cls, reg = jax.jit(lambda v, p: net.apply(v, p, method=net.box_head))(variables, _nhwc(box['bbox_feats']))
+  logits = jax.jit(lambda v, p: net.apply(v, p, method=net.mask_head))(variables, _nhwc(mask['mask_feats']))
+  worst = max(_close(cls, box['cls_score'], 'fc_cls'), _close(reg, box['bbox_pred'], 'fc_reg'),
+              _close(logits, _nhwc(mask['mask_preds']), 'mask logits'))
   assert np.abs(box['cls_score'].numpy()).max() > 0.05 and np.abs(mask['mask_preds'].numpy()).max() > 0.05
-  assert np.abs(box['bbox_feats'].numpy()).max() > 0.05  # the RoIs pooled something
+  assert np.abs(box['bbox_feats'].numpy()).max() > 0.05 and np.abs(mask['mask_feats'].numpy()).max() > 0.05
+  return worst
+
+
+def _compare(ref, net, variables, hw, batch=2, seed=0):
+  import torch
+  x = np.random.RandomState(seed).randn(batch, 3, *hw).astype(np.float32)
+  feats, rpn, box, mask = _mmdet_outputs(ref, x, torch.from_numpy(ROIS[ROIS[:, 0] < batch]))
+  _, worst = _check_maps_and_rpn(net, variables, x, feats, rpn)
+  worst = max(worst, _check_heads(net, variables, box, mask))
   print(f'max |jax - mmdet| at {hw}: {worst:.2e}')
-  return maps, rois, box, mask
 
 
-@pytest.mark.parametrize('hw', [(96, 160), (100, 132)])
-def test_eval_outputs_match_mmdet_mask_rcnn(micro_pair, hw):
-  ref, net, variables = micro_pair
-  maps, rois, box, mask = _compare(ref, net, variables, hw)
+@pytest.fixture(scope='module')
+def micro_pair():
+  """mmdet's Mask R-CNN on the micro backbone (80 -> 5 classes), our variables from its state dict."""
+  _mmdet()
+  from tests.references import torch_maskrcnn
+  ref = torch_maskrcnn.build(models.get_variant('hatnet_tiny', **MICRO), num_classes=5)
+  variables = convert.from_mmdet({'state_dict': ref.state_dict(), 'meta': {}}, NAME, **MICRO)
+  return ref, models.create(NAME, num_classes=5, **MICRO), variables
+
+
+@pytest.fixture(scope='module')
+def micro_outputs(micro_pair):
+  """mmdet's outputs on a batch of 2 at 96 x 160 with ROIS (computed once for the tests below)."""
+  import torch
+  x = np.random.RandomState(0).randn(2, 3, 96, 160).astype(np.float32)
+  return (x,) + _mmdet_outputs(micro_pair[0], x, torch.from_numpy(ROIS))
+
+
+def test_fpn_maps_and_rpn_match_mmdet(micro_pair, micro_outputs):
+  _, net, variables = micro_pair
+  x, feats, rpn, _, _ = micro_outputs
+  _check_maps_and_rpn(net, variables, x, feats, rpn)
+
+
+def test_box_and_mask_heads_match_mmdet_on_its_pooled_rois(micro_pair, micro_outputs):
+  _, net, variables = micro_pair
+  _, _, _, box, mask = micro_outputs
+  _check_heads(net, variables, box, mask)
+
+
+def test_heads_on_jax_roi_align_match_mmdet(micro_pair, micro_outputs):
+  """The same RoIs pooled from mmdet's maps by hatnet_jax's multi-level RoIAlign (window None: exact) give
+  mmdet's head outputs: the eval path of the second stage but the proposals."""
   if importlib.util.find_spec('hatnet_jax.structures.roi_align') is None:
-    return  # the JAX RoIAlign has not landed: the heads were checked on mmdet's pooling alone
-  from hatnet_jax.structures import roi_align  # pylint: disable=g-import-not-at-top
-  # The same RoIs pooled from OUR maps by the JAX multi-level RoIAlign (window=None: exact) give mmdet's heads'
-  # outputs too: the whole eval path of the two stages but the proposals.
+    pytest.skip('hatnet_jax.structures.roi_align has not landed yet')
+  from hatnet_jax.structures import roi_align
+  _, net, variables = micro_pair
+  _, feats, _, box, mask = micro_outputs
+  @functools.partial(jax.jit, static_argnums=(3,))
+  def pool_and_run(variables, maps, boxes, size):
+    pooled, overflow = roi_align.multilevel_roi_align(maps, boxes, (4, 8, 16, 32), (size, size), window=None)
+    out = net.apply(variables, pooled, method=net.box_head if size == 7 else net.mask_head)
+    return (out[0] if size == 7 else out), overflow
+
   for b in range(2):
-    keep = rois[:, 0].numpy() == b
-    boxes = rois[keep, 1:].numpy()
-    for size, method, expected in [(7, net.box_head, box['cls_score'][keep]),
-                                   (14, net.mask_head, mask['mask_preds'][keep])]:
-      pooled, overflow = roi_align.multilevel_roi_align([m[b] for m in maps[:4]], boxes, (4, 8, 16, 32),
-                                                        (size, size))
+    keep = ROIS[:, 0] == b
+    maps = [_nhwc(f[b:b + 1])[0] for f in feats[:4]]
+    for size, expected in [(7, box['cls_score'].numpy()[keep]), (14, _nhwc(mask['mask_preds'])[keep])]:
+      out, overflow = pool_and_run(variables, maps, ROIS[keep, 1:], size)
       assert int(overflow) == 0
-      out = net.apply(variables, pooled, method=method)
-      out = out[0] if size == 7 else out.transpose(0, 3, 1, 2)
-      _close(out, expected.numpy(), f'heads on JAX RoIAlign ({size}x{size})')
+      _close(out, expected, f'heads on the JAX RoIAlign ({size}x{size})')
 
 
-@pytest.mark.slow  # ~60 s: hatnet_tiny's real widths and depths
+@pytest.mark.slow  # ~25 s + the fixture: another input size (odd strides: ceil at every level)
+def test_eval_outputs_match_mmdet_mask_rcnn_other_size(micro_pair):
+  ref, net, variables = micro_pair
+  _compare(ref, net, variables, (100, 132), seed=1)
+
+
+@pytest.mark.slow  # ~30 s: hatnet_tiny's real widths and depths
 def test_eval_outputs_match_mmdet_mask_rcnn_real_tiny():
   _mmdet()
   from tests.references import torch_maskrcnn
@@ -267,7 +317,7 @@ def test_eval_outputs_match_mmdet_mask_rcnn_real_tiny():
   _compare(ref, models.create(NAME, num_classes=80), variables, (100, 132), batch=1, seed=1)
 
 
-@pytest.mark.slow  # ~60 s: builds the four PyTorch models
+@pytest.mark.slow  # ~30 s in all: builds the four PyTorch models
 @pytest.mark.parametrize('name', VARIANT_NAMES)
 def test_parameter_counts_equal_mmdet(name):
   _mmdet()
@@ -275,7 +325,7 @@ def test_parameter_counts_equal_mmdet(name):
   assert torch_maskrcnn.count_params(torch_maskrcnn.build(models.get_variant(name))) == MASK_RCNN_PARAM_COUNTS[name]
 
 
-@pytest.mark.slow  # compiles a backward pass through every submodule
+@pytest.mark.slow  # ~120 s on the loaded 2-core CPU: compiles a backward pass through every submodule
 def test_gradients_reach_every_parameter_in_bfloat16():
   """The task's call pattern (features, rpn, box_head, mask_head in one apply) with train=True, drop path and
   bfloat16 compute: float32 outputs and a finite gradient for every parameter; params stay float32."""

@@ -205,7 +205,8 @@ def test_mask_rcnn_round_trip_and_num_classes_from_fc_cls(mask_micro):
   _assert_same(out, variables)
   p = out['params']
   # Spot checks by hand: an RPN conv, the NCHW-flattened first fc, the flipped transposed conv, fc_reg.
-  np.testing.assert_array_equal(p['rpn_head']['rpn_cls']['kernel'][0, 0, 17, 2], state['rpn_head.rpn_cls.weight'][2, 17, 0, 0])
+  np.testing.assert_array_equal(p['rpn_head']['rpn_cls']['kernel'][0, 0, 17, 2],
+                                state['rpn_head.rpn_cls.weight'][2, 17, 0, 0])
   fc0 = state['roi_head.bbox_head.shared_fcs.0.weight']  # (1024, 256 * 7 * 7), input index c * 49 + h * 7 + w
   for h, w, c, o in [(0, 0, 0, 0), (2, 5, 200, 1000), (6, 6, 255, 3), (3, 1, 17, 511)]:
     assert p['roi_head']['bbox_head']['shared_fcs_0']['kernel'][(h * 7 + w) * 256 + c, o] == fc0[o, c * 49 + h * 7 + w]
