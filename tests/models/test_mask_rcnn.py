@@ -249,6 +249,26 @@ def _compare(ref, net, variables, hw, batch=2, seed=0):
   print(f'max |jax - mmdet| at {hw}: {worst:.2e}')
 
 
+def test_torch_roi_align_equals_the_kernel_transcription():
+  """tests/references' RoIAlign equals tests/structures/reference_roi_align.py (a NumPy transcription of
+  torchvision's CPU kernel, which mmcv's shares) on random RoIs: inside, across and past the map's edges,
+  tiny and degenerate ones, at two scales."""
+  torch = pytest.importorskip('torch')
+  if importlib.util.find_spec('tests.structures.reference_roi_align') is None:
+    pytest.skip('tests/structures/reference_roi_align.py has not landed yet')
+  from tests.references import torch_maskrcnn
+  from tests.structures import reference_roi_align
+  rng = np.random.RandomState(3)
+  feats = rng.randn(2, 3, 13, 17).astype(np.float32)
+  xy = rng.uniform(-20, 90, (40, 2, 2)).astype(np.float32)
+  rois = np.concatenate([rng.randint(0, 2, (40, 1)), xy.min(1), xy.min(1) + rng.uniform(0, 60, (40, 2))], 1)
+  rois = np.concatenate([rois, [[0, 10, 10, 10, 30], [1, 5.2, 5.1, 5.3, 5.4]]]).astype(np.float32)
+  for scale, size in [(0.25, (7, 7)), (0.125, (4, 6))]:
+    expected = reference_roi_align.roi_align_forward(feats, rois, size, scale, 0, True)
+    got = torch_maskrcnn.roi_align(torch.from_numpy(feats), torch.from_numpy(rois), size, scale).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope='module')
 def micro_pair():
   """mmdet's Mask R-CNN on the micro backbone (80 -> 5 classes), our variables from its state dict."""
