@@ -37,7 +37,7 @@ def _count(tree):
 
 
 def test_names_and_dispatch():
-  assert models.names() == sorted([f'{p}hatnet_{v}' for p in ('', 'retinanet_', 'semfpn_')
+  assert models.names() == sorted([f'{p}hatnet_{v}' for p in ('', 'maskrcnn_', 'retinanet_', 'semfpn_')
                                    for v in ('tiny', 'small', 'medium', 'large')])
   assert isinstance(models.create('semfpn_hatnet_tiny', num_classes=150), models.SemanticFPN)
   assert type(models.create('hatnet_tiny')) is models.HATNet
