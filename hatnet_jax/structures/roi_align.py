@@ -5,11 +5,12 @@ The kernel averages, per output bin, grid_h x grid_w bilinear samples (grid = sa
 the adaptive ceil(roi_size / output_size) per RoI and axis). Bilinear interpolation with the kernel's
 border rules is separable (a sample outside in y or in x has weight 0; y and x clamp independently), so
 a bin's average is Ay[bin_y, :] @ F @ Ax[bin_x, :]^T with Ay [R, oh, H] the 1-D weights averaged over the
-bin's samples (divided by grid_h). Ay is built per output row h from the few samples that can touch h
-(those with y in [h - 1, h + 1]: with the adaptive grid the samples lie > 0.5 apart, so at most 5; `_CANDIDATES`
-with a margin for the estimate of the first one), so its cost is R * oh * H * 8, without channels, and
-exact whatever the data-dependent grid is. Sample coordinates are computed in float32 in the kernel's
-operation order (no fused multiply-add, true divisions: `exact`), so every border decision is the kernel's.
+bin's samples (divided by grid_h). Ay is built per output row h from the few samples of each bin that
+can touch h (y in [h - 1, h + 1]: with the adaptive grid a bin's samples lie > 0.5 apart, so at most 5;
+`_CANDIDATES` adds a margin for the estimate of the first one; a fixed sampling_ratio takes all its
+samples), so its cost is R * oh * H * 8 without channels, exact whatever the data-dependent grid is.
+Sample coordinates are computed in float32 in the kernel's operation order (no fused multiply-add, true
+divisions: `exact.rounded`, `divide`), so every border decision is the kernel's.
 
 The contraction with F is the cost. `window=(kh, kw)` contracts only a static kh x kw window of F starting
 at the RoI's first touched row/column (clamped at the border): R * (oh*kh*kw + oh*ow*kw) * C multiply-adds
@@ -233,12 +234,13 @@ def roi_align(feature: jax.Array, boxes: jax.Array, output_size: Sequence[int], 
 # top level's map whole on both canvases (stride 32: 25 x 42 and 42 x 25), so top-level RoIs of any size
 # are exact. Cost per image (C 256, float32; multiply-adds oh*kh*kw*C + oh*ow*kw*C per RoI, gathered
 # window kh*kw*C*4 bytes = 1.81 MB per RoI; the weights Ay/Ax are ~R*oh*42*8 elements, negligible):
-#   train, 512 RoIs 7x7:  1.89 G multiply-adds, windows 0.92 GB (the backward scatters as much)
-#   test, 1000 RoIs 7x7:  3.69 G multiply-adds, windows 1.81 GB
+#   train, 512 RoIs 7x7:   1.89 G multiply-adds, windows 0.92 GB (the backward scatters as much)
+#   test, 1000 RoIs 7x7:   3.69 G multiply-adds, windows 1.81 GB
 #   masks, 128 RoIs 14x14: 1.08 G multiply-adds, windows 0.23 GB
-# Without window (whole maps, per level for every RoI) the 7x7 train case alone would be ~80 G
-# multiply-adds at 800x1344: sum over levels of R*oh*H*W*C. A caller short of memory can lax.map over
-# chunks of RoIs: the cost is per RoI.
+# (XLA's own count of the compiled forward at 800x1344: 4.10 / 8.00 / 2.26 GFLOP, temporaries 1.08 / 2.11 /
+# 0.31 GB.) Without window (whole maps, per level for every RoI) the 7x7 train case alone would be ~84 G
+# multiply-adds: sum over levels of R*oh*H*W*C. A caller short of memory can lax.map over chunks of
+# RoIs: the cost is per RoI.
 DEFAULT_WINDOW = (42, 42)
 
 

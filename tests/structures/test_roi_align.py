@@ -200,7 +200,7 @@ def _multilevel_case():
   return features, boxes, strides, want, levels
 
 
-@pytest.mark.parametrize('window', [None, ra.DEFAULT_WINDOW])
+@pytest.mark.parametrize('window', [pytest.param(None, marks=pytest.mark.slow), ra.DEFAULT_WINDOW])
 def test_multilevel_equals_per_level_reference(window):
   features, boxes, strides, want, _ = _multilevel_case()
   out, count = jax.jit(ra.multilevel_roi_align, static_argnums=(2, 3, 4, 5))(features, boxes, strides, (7, 7), 0,
