@@ -249,7 +249,10 @@ def run_row(spec: dict) -> dict:
   row['peak_memory_bytes'], row['peak_memory_kind'] = peak_memory()
   if spec.get('count_flops'):
     t = time.perf_counter()
-    row['gflops_per_image'], row['flops_source'] = gflops_per_image(spec, kind, lowered)
+    try:
+      row['gflops_per_image'], row['flops_source'] = gflops_per_image(spec, kind, lowered)
+    except RuntimeError as e:  # e.g. JAX_PLATFORMS=cuda leaves no CPU backend to lower for
+      row['gflops_per_image'], row['flops_source'] = None, f'none ({str(e)[:120]})'
     row['flops_count_s'] = time.perf_counter() - t
   return row
 

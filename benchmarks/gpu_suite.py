@@ -223,8 +223,8 @@ def add_mfu(rows: list[dict], peak_flag: float | None) -> float | None:
 
 COLUMNS = [('group', 'group', '{}'), ('framework', 'framework', '{}'), ('kind', 'kind', '{}'), ('model', 'model', '{}'),
            ('batch', 'batch', '{}'), ('px', 'image_size', '{}'), ('img/s', 'images_per_s', '{:.1f}'),
-           ('min-max', None, None), ('compile s', 'compile_s', '{:.1f}'), ('GFLOP/img', 'gflops_per_image', '{:.2f}'),
-           ('TFLOP/s', 'tflops', '{:.1f}'), ('MFU', 'mfu', '{:.1%}'), ('peak mem GiB', 'peak_memory_bytes', None),
+           ('min-max', None, None), ('compile s', 'compile_s', '{:.1f}'), ('GFLOP/img', 'gflops_per_image', '{:.3g}'),
+           ('TFLOP/s', 'tflops', '{:.3g}'), ('MFU', 'mfu', '{:.1%}'), ('peak mem GiB', 'peak_memory_bytes', None),
            ('wall s', 'wall_s', '{:.0f}'), ('status / note', None, None)]
 
 
@@ -248,7 +248,10 @@ def table(rows: list[dict]) -> str:
 
 def ratios(rows: list[dict]) -> list[str]:
   """JAX / PyTorch (eager, compiled) at the same model, kind and batch; host-fed and bare / full step."""
-  ok = {(r['framework'], r['model'], r['kind'], r['batch']): r['images_per_s'] for r in rows if r.get('status') == 'ok'}
+  ok = {}
+  for r in rows:  # the first row of each (the 'tiny' group's, not the search's repeat of its batch)
+    if r.get('status') == 'ok':
+      ok.setdefault((r['framework'], r['model'], r['kind'], r['batch']), r['images_per_s'])
   out = []
   for (fw, model, kind, batch), ips in ok.items():
     if fw == 'jax' and kind in ('train', 'infer'):
