@@ -31,7 +31,8 @@ def test_all_expected_configs_exist():
   names = {os.path.basename(p) for p in CONFIGS}
   assert {'default.py', 'digits.py', 'seg_default.py', 'seg_digits.py'} | {f'{v}.py' for v in VARIANTS} \
       | {f'seg_fpn_{v}.py' for v in VARIANTS} | {'det_default.py', 'retinanet_digits.py'} \
-      | {f'retinanet_{v}.py' for v in VARIANTS} <= names
+      | {f'retinanet_{v}.py' for v in VARIANTS} | {'maskrcnn_default.py', 'maskrcnn_digits.py'} \
+      | {f'maskrcnn_{v}.py' for v in VARIANTS} <= names
 
 
 def test_pretrained_digit_scenes_start_from_the_digits_demos_last_checkpoint():
@@ -51,13 +52,23 @@ def test_config_loads_and_builds_its_model(path):
   config = load_config(path)
   task = tasks.create(config)
   task.validate()
-  segmentation, detection = config.task == 'segmentation', config.task == 'detection'
+  segmentation = config.task == 'segmentation'
+  detection = config.task in ('detection', 'instance_segmentation')
   num_classes = {'digits': 10, 'digit_scenes': 11, 'coco': 80}.get(
       config.data.dataset.split('/')[0], 150 if segmentation else 10 if detection else 1000)
   model = task.create_model(num_classes)
   size = task.init_input().shape[1]
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))
   logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, size, size, 3)), train=False), variables)
+  if config.task == 'instance_segmentation':  # RPN maps per level (P2-P6); the heads on one zero RoI
+    (objectness, deltas), (cls_logits, box_deltas), mask_logits = logits
+    anchors = config.model.num_anchors
+    assert [m.shape for m in objectness] == [(2, -(-size // s), -(-size // s), anchors)
+                                             for s in config.detection.rpn_strides]
+    assert [m.shape[-1] for m in deltas] == [anchors * 4] * len(config.detection.rpn_strides)
+    assert cls_logits.shape == (1, num_classes + 1) and box_deltas.shape == (1, num_classes * 4)
+    assert mask_logits.shape == (1, 28, 28, num_classes)
+    return
   if detection:  # per level (P3-P7) class logits and box deltas
     cls_maps, box_maps = logits
     anchors = config.model.num_anchors

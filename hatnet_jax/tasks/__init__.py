@@ -1,4 +1,5 @@
-"""Tasks: one module per task (`classification`, `segmentation`, `detection`), each a `base.Task` that owns
+"""Tasks: one module per task (`classification`, `segmentation`, `detection`,
+`instance_segmentation`), each a `base.Task` that owns
 its model construction, loss, evaluation outputs and metrics, data iterators and TensorBoard pictures;
 `tasks.create(config)` returns the one named by `config.task`. The training loop calls only `base.Task`'s
 methods. Imports `models`, `data`, `metrics`, `visualization` and `layout`; never `training`, `tools` or
@@ -23,8 +24,14 @@ def _detection():
   return detection.Detection
 
 
+def _instance_segmentation():
+  from hatnet_jax.tasks import instance_segmentation  # pylint: disable=g-import-not-at-top
+  return instance_segmentation.InstanceSegmentation
+
+
 # name -> a function returning the Task class (imported on use: a task may need extra packages).
-TASKS = {'classification': _classification, 'segmentation': _segmentation, 'detection': _detection}
+TASKS = {'classification': _classification, 'segmentation': _segmentation, 'detection': _detection,
+         'instance_segmentation': _instance_segmentation}
 
 
 def create(config) -> Task:

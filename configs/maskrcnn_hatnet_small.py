@@ -1,0 +1,13 @@
+"""Mask R-CNN + HAT-Net-Small on COCO 2017 (PVT's Mask R-CNN 1x recipe on mmdet: see configs/maskrcnn_default.py).
+
+  python -m hatnet_jax.tools.prepare_data --dataset=coco --manual_dir=/data/coco
+  python main.py --config=configs/maskrcnn_hatnet_small.py --workdir=runs/maskrcnn_small \
+      --config.data.manual_dir=/data/coco --config.init_from=$PWD/pretrained/small
+"""
+from configs import maskrcnn_default
+
+
+def get_config():
+  c = maskrcnn_default.get_config()
+  c.model.name = 'maskrcnn_hatnet_small'
+  return c
