@@ -1,7 +1,11 @@
 """Mask R-CNN speed and memory at 1333x800: maskrcnn_hatnet_tiny's train step and evaluation, float32.
 
-    python benchmarks/maskrcnn_speed.py --json_out=maskrcnn_speed.jsonl   # the table (~10-15 min, quiet 2-core CPU)
+    python benchmarks/maskrcnn_speed.py --json_out=maskrcnn_speed.jsonl   # the table (estimated 10-15 min quiet)
     python benchmarks/maskrcnn_speed.py --smoke                           # tiny widths, 96x96, 1 repetition
+
+The default run's time is an estimate (not measured): RetinaNet tiny's step was ~50 s at batch 2 and its eval
+~4 s per image on this 2-core CPU (BENCHMARKS.md), compiles ~0.5-1 min per program; --smoke takes ~60 s quiet
+(~90 s at load 4). The batch-1 eval program is 512 XLA GFLOP (256 GMACs) per 800x1344 image.
 
 Rows (synthetic data in memory, the task's own code through hatnet_jax.tasks.instance_segmentation):
   train     InstanceSegmentation.train_loss (RPN 256-anchor sampling, proposals without gradient, 512 sampled
@@ -74,8 +78,8 @@ DETECTION = dict(rpn_strides=(4, 8, 16, 32, 64), rpn_anchor_scale=8, rpn_ratios=
                  rpn_neg_iou_thr=0.3, rpn_min_pos_iou=0.3, rpn_num_samples=256, rpn_pos_fraction=0.5,
                  rpn_train_nms_pre=2000, rpn_test_nms_pre=1000, rpn_max_per_img=1000, rpn_nms_iou=0.7,
                  rpn_min_bbox_size=0.0, rcnn_pos_iou_thr=0.5, rcnn_neg_iou_thr=0.5, rcnn_min_pos_iou=0.5,
-                 rcnn_num_samples=512, rcnn_pos_fraction=0.25, rcnn_max_candidates=4000, images_per_group=2,
-                 score_thr=0.05, nms_iou=0.5, max_per_img=100)
+                 rcnn_num_samples=512, rcnn_pos_fraction=0.25, rcnn_max_candidates=4000, roi_window=(42, 42),
+                 mask_target_chunk=16, images_per_group=2, score_thr=0.05, nms_iou=0.5, max_per_img=100)
 SIZE_DIVISOR, MAX_BOXES, BOXES_PER_IMAGE = 32, 100, (5, 10)
 LR = WEIGHT_DECAY = 1e-4  # PVT's Mask R-CNN 1x: AdamW 1e-4, weight decay 1e-4
 DROP_PATH = 0.1  # configs/det_default.py's, which maskrcnn_default keeps
@@ -86,17 +90,23 @@ SMOKE_MODEL = dict(dims=(8, 16, 24, 32), head_dim=8, depths=(1, 1, 1, 1), expans
                    grid_sizes=(2, 1, 1, 1), ds_ratios=(2, 1, 1, 1), kernel_sizes=(3, 3, 3, 3), stem_dim=8,
                    neck_channels=8, rpn_channels=8, fc_channels=16, mask_channels=8)
 SMOKE_DETECTION = dict(rpn_anchor_scale=4, rpn_train_nms_pre=1000, rpn_test_nms_pre=1000, rpn_max_per_img=50,
-                       rcnn_num_samples=32, rcnn_max_candidates=200)
+                       rcnn_num_samples=32, rcnn_max_candidates=200, roi_window=(14, 14), mask_target_chunk=64)
 
 
-def detection_cfg(smoke: bool) -> types.SimpleNamespace:
-  return types.SimpleNamespace(**{**DETECTION, **(SMOKE_DETECTION if smoke else {})})
+class Fields(types.SimpleNamespace):
+  """A ConfigDict's reading side (attributes and .get) without ml_collections."""
+
+  def get(self, key, default=None):
+    return getattr(self, key, default)
+
+
+def detection_cfg(smoke: bool) -> Fields:
+  return Fields(**{**DETECTION, **(SMOKE_DETECTION if smoke else {})})
 
 
 def task(smoke: bool) -> instance_segmentation.InstanceSegmentation:
   """The task with the config fields its train_loss and predict read (config.detection, data.size_divisor)."""
-  config = types.SimpleNamespace(detection=detection_cfg(smoke),
-                                 data=types.SimpleNamespace(size_divisor=SIZE_DIVISOR, with_masks=True))
+  config = Fields(detection=detection_cfg(smoke), data=Fields(size_divisor=SIZE_DIVISOR, with_masks=True))
   return instance_segmentation.InstanceSegmentation(config)
 
 
@@ -309,7 +319,7 @@ def print_table(rows: list[dict]):
     temp = f"{r['xla_temp_gib']:.2f}" if r.get('xla_temp_gib') is not None else '-'
     notes = {'train': lambda: f"loss {r['loss']:.3f}, {r['gt_per_image']:.1f} GTs/img",
              'eval': lambda: f"{r['detections_per_image']:.0f} det/img" + (
-                 f", {r['gflops_per_image']:.4g} GFLOP/img (XLA)" if r.get('gflops_per_image') else ''),
+                 f", XLA {r['gflops_per_image']:.4g} GFLOP/img = {r['gflops_per_image'] / 2:.4g} GMACs" if r.get('gflops_per_image') else ''),
              'host': lambda: f"paste{' + RLE' if r['host_rle'] else ' only'}, per image of eval batch "
                              f"{r['from_eval_batch']}"}[r['phase'].split('_')[0]]()
     secs = ', '.join(f'{s:.3f}' for s in r['s_all'])

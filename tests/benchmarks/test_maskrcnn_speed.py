@@ -41,6 +41,12 @@ def test_smoke_widths_are_maskrcnn_digits_tiny():
   assert vars(maskrcnn_speed.detection_cfg(True)) == _plain(c.detection.to_dict())
 
 
+def test_fields_read_like_a_configdict():
+  cfg = maskrcnn_speed.detection_cfg(False)  # the loss reads optional fields with cfg.get(name, default)
+  assert cfg.roi_window == cfg.get('roi_window') == (42, 42) and cfg.get('no_such_field', 3) == 3
+  assert maskrcnn_speed.detection_cfg(True).get('rpn_anchor_scale') == 4 and cfg.rpn_anchor_scale == 8
+
+
 def test_ellipse_mask_by_hand():
   """Box (0, 0, 6, 4) on a 4x8 canvas: centre (3, 2), radii 3 and 2. Row 0's pixel centres (y 0.5) need
   |x - 3| <= 3 sqrt(1 - 0.75^2) = 1.98: columns 1-4 (bits 1-4 little-endian: 30; big-endian would be 120);
