@@ -38,6 +38,10 @@ def maskrcnn_config():
       rcnn_num_samples=512,
       rcnn_pos_fraction=0.25,
       rcnn_max_candidates=4000,  # (RoI, class) pairs above score_thr kept for NMS at test; more are counted
+      # RoIAlign gathers a static window of each RoI's level (exact when its support fits; the misfits are
+      # counted as train_roi_align_overflow); () pools from whole maps (exact, costly on large maps).
+      roi_window=(42, 42),
+      mask_target_chunk=16,  # positive RoIs per lax.map step of the mask targets (memory: ~6 MB each at 800x1344)
       images_per_group=2,  # losses normalised per group of images, as mmdet per GPU (8 GPUs x 2 images)
       # Test: rcnn score_thr 0.05, NMS 0.5, 100 per image; masks thresholded at 0.5 after pasting.
       score_thr=0.05,

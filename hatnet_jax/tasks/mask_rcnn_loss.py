@@ -115,12 +115,19 @@ def sample_rois(keys, props, prop_valid, batch, cfg):
   return jax.vmap(one)(keys, props, prop_valid, batch['boxes'], batch['box_valid'])
 
 
+def roi_window(cfg):
+  """config.detection.roi_window as multilevel_roi_align's window: (kh, kw), or None (whole maps) for ()."""
+  window = tuple(cfg.get('roi_window', roi_align.DEFAULT_WINDOW))
+  return window or None
+
+
 def pool(features: Sequence[jax.Array], rois: jax.Array, size: int, cfg) -> tuple[jax.Array, jax.Array]:
   """Multi-level RoIAlign per image: features [B, H_l, W_l, C] (P2-P5), rois [B, R, 4] -> [B, R, s, s, C],
   and the number of RoIs whose support did not fit the static window (0 when exact)."""
 
   def one(maps, boxes):
-    return roi_align.multilevel_roi_align(maps, boxes, ROI_STRIDES, (size, size), sampling_ratio=0)
+    return roi_align.multilevel_roi_align(maps, boxes, ROI_STRIDES, (size, size), sampling_ratio=0,
+                                          window=roi_window(cfg))
 
   pooled, overflow = jax.vmap(one)(list(features[:len(ROI_STRIDES)]), rois)
   return pooled, jnp.sum(overflow)
@@ -170,7 +177,8 @@ def mask_rcnn_loss(module, images, batch, rng, cfg, num_classes: int, size_divis
   mask_logits = module.mask_head(pooled14.reshape(b * p, *pooled14.shape[2:]))
   mask_logits = mask_logits.reshape(b, p, *mask_logits.shape[1:3], num_classes)
   mask_logits = jnp.take_along_axis(mask_logits, pos_labels[:, :, None, None, None], axis=-1)[..., 0]
-  targets = jax.vmap(lambda m, r, g: mask_target_lib.mask_targets(m, r, g, mask_logits.shape[-1]))(
+  chunk = cfg.get('mask_target_chunk', 16)
+  targets = jax.vmap(lambda m, r, g: mask_target_lib.mask_targets(m, r, g, mask_logits.shape[-1], chunk=chunk))(
       batch['masks'], pos_rois, pos_gt)
   mask_bce = jnp.sum(jnp.where(pos_ok[..., None, None], _bce(mask_logits, targets), 0.0), axis=(1, 2, 3))
   n_pos = jnp.sum(pos_ok, axis=1).astype(jnp.float32)
