@@ -134,6 +134,10 @@ def detection_config(args, workdir):
     flat = inference.run_hparams(workdir) if workdir else {}
     config = ml_collections.ConfigDict(traverse_util.unflatten_dict(
         {tuple(k.split('.')): _flat_value(v) for k, v in flat.items()}))
+  if config.get('task') == 'instance_segmentation':
+    raise UserError('predict draws classification, segmentation and RetinaNet outputs; for a Mask R-CNN run use '
+                    "main.py with --config.mode=eval (TensorBoard's pictures with masks, and "
+                    'DIR/eval/detections_<step>.json with boxes and RLE masks)')
   return config if config.get('task') == 'detection' else None
 
 

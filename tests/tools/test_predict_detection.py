@@ -219,3 +219,15 @@ def test_detection_config_from_recorded_hparams(tmp_path):
   assert back.data.scale == (96, 96) and back.model.dims == (8, 16, 24, 32) and back.data.data_dir is None
   assert back.detection.to_dict() == config.detection.to_dict() and back.model.name == config.model.name
   assert predict.detection_config(args, str(tmp_path / 'elsewhere')) is None  # no run.json: not a detection run
+
+
+def test_a_mask_rcnn_run_is_refused_with_the_way_to_its_predictions(tmp_path):
+  from configs import maskrcnn_digits  # pylint: disable=g-import-not-at-top
+  from hatnet_jax.tools import inference  # pylint: disable=g-import-not-at-top
+  config_file = tmp_path / 'c.py'
+  config_file.write_text('from configs import maskrcnn_digits\n\n\ndef get_config():\n'
+                         "  return maskrcnn_digits.get_config('tiny')\n")
+  assert maskrcnn_digits.get_config('tiny').task == 'instance_segmentation'
+  args = type('Args', (), {'config': str(config_file)})()
+  with pytest.raises(inference.UserError, match='config.mode=eval'):
+    predict.detection_config(args, None)
