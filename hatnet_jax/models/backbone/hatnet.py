@@ -121,7 +121,10 @@ class Stage(nn.Module):
       for i in range(depth):
         x = apply({k: v[i] for k, v in params.items()}, x, rates[i], None if keys is None else keys[i])
       return x
-    carried = {k for k, v in params.items() if v.ndim != 3}  # not a stack of matrices
+    # In the parameters' (deterministic) order, not a set's: a set of tuple keys iterates in an order that
+    # changes with each process's hash seed, which reordered the lowered program and made every scanned
+    # stage's train step miss the persistent compilation cache in the next process.
+    carried = [k for k, v in params.items() if v.ndim != 3]  # not a stack of matrices
     first = {k: params[k][0] for k in carried}
     following = {k: jnp.roll(params[k], -1, axis=0) for k in carried}  # step i gets block i+1's
     sliced = {k: v for k, v in params.items() if k not in carried}
