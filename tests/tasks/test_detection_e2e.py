@@ -205,12 +205,7 @@ def test_sigkill_and_restart_gives_bitwise_the_uninterrupted_run(reference, shar
   assert killed_at and max(killed_at) < NUM_STEPS, killed_at
   log = _run(shared, workdir)
   assert f'Restored checkpoint at step {max(killed_at)}' in log
-  resumed, uninterrupted = e2e._load_state(workdir, NUM_STEPS), e2e._load_state(reference['workdir'], NUM_STEPS)
-  flat_a = e2e.jax.tree_util.tree_flatten_with_path(resumed)[0]
-  flat_b = e2e.jax.tree_util.tree_flatten_with_path(uninterrupted)[0]
-  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
-  for (path, a), (_, b) in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(a, b, err_msg=e2e.jax.tree_util.keystr(path))
+  e2e._assert_same_final_state(workdir, reference['workdir'], NUM_STEPS)
 
 
 def _evaluate_in_two_processes(shared, workdir, *flags):

@@ -172,8 +172,9 @@ def test_one_device_runs_the_native_kernel_and_sigkill_restart_is_bitwise(shared
   _assert_same_final_state(workdir, ref_dir)
 
 
-def _assert_same_final_state(workdir, ref_dir):
-  resumed, uninterrupted = _load_state(workdir, NUM_STEPS), _load_state(ref_dir, NUM_STEPS)
+def _assert_same_final_state(workdir, ref_dir, step=NUM_STEPS):
+  """The checkpoints of `step` in both workdirs hold the same tree, bit for bit (the task e2e tests use it too)."""
+  resumed, uninterrupted = _load_state(workdir, step), _load_state(ref_dir, step)
   flat_a = jax.tree_util.tree_flatten_with_path(resumed)[0]
   flat_b = jax.tree_util.tree_flatten_with_path(uninterrupted)[0]
   assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
