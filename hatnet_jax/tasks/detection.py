@@ -45,8 +45,13 @@ class Detection(base.Task):
     if anchors_per_location != self.config.model.get('num_anchors', 9):
       raise ValueError(f'config.detection has {anchors_per_location} anchors per location (ratios x '
                        f'scales_per_octave) but config.model.num_anchors is {self.config.model.num_anchors}')
-    if self.config.batch_size % cfg.images_per_group:
-      raise ValueError(f'config.detection.images_per_group={cfg.images_per_group} must divide '
+    self._check_groups()
+
+  def _check_groups(self):
+    """The loss is normalised per group of images (mmdet per GPU): the group size must divide the batch."""
+    group = self.config.detection.images_per_group
+    if self.config.batch_size % group:
+      raise ValueError(f'config.detection.images_per_group={group} must divide '
                        f'config.batch_size={self.config.batch_size}')
 
   def _sources(self):

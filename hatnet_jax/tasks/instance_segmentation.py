@@ -76,9 +76,7 @@ class InstanceSegmentation(detection.Detection):
     if len(cfg.rpn_ratios) != self.config.model.get('num_anchors', 3):
       raise ValueError(f'config.detection.rpn_ratios has {len(cfg.rpn_ratios)} anchors per location but '
                        f'config.model.num_anchors is {self.config.model.num_anchors}')
-    if self.config.batch_size % cfg.images_per_group:
-      raise ValueError(f'config.detection.images_per_group={cfg.images_per_group} must divide '
-                       f'config.batch_size={self.config.batch_size}')
+    self._check_groups()
 
   def panel_iterator(self, mesh):
     from hatnet_jax.data.detection import pipeline  # pylint: disable=g-import-not-at-top

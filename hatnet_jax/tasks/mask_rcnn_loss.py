@@ -30,6 +30,7 @@ from hatnet_jax.structures import proposals as proposal_lib
 from hatnet_jax.structures import roi_align
 from hatnet_jax.structures import roi_targets
 from hatnet_jax.structures import sampling
+from hatnet_jax.tasks import detection_loss
 
 ROI_STRIDES = (4, 8, 16, 32)  # SingleRoIExtractor's featmap_strides: the RoIs use P2-P5, not P6
 RCNN_STDS = (0.1, 0.1, 0.2, 0.2)
@@ -54,10 +55,6 @@ def _per_group(x: jax.Array, group: int) -> jax.Array:
   return x.reshape(b // group, group, *x.shape[1:]).sum(axis=1)
 
 
-def _flat(maps: Sequence[jax.Array], per_anchor: int) -> jax.Array:
-  return jnp.concatenate([m.reshape(m.shape[0], -1, per_anchor) for m in maps], axis=1)
-
-
 def rpn_loss(obj_maps, delta_maps, batch, keys, cfg, size_divisor: int):
   """(sums, counts) per image: BCE and L1 sums over the sampled anchors and the number sampled."""
   anchors = jnp.concatenate(rpn_anchors(obj_maps, cfg), axis=0)
@@ -65,8 +62,8 @@ def rpn_loss(obj_maps, delta_maps, batch, keys, cfg, size_divisor: int):
   pad_hw = -(-batch['image_size'] // size_divisor) * size_divisor
   valid = jnp.concatenate(anchor_lib.valid_flags([tuple(m.shape[1:3]) for m in obj_maps], tuple(cfg.rpn_strides),
                                                  pad_hw, num_anchors), axis=1)
-  logits = _flat(obj_maps, 1)[..., 0]
-  deltas = _flat(delta_maps, 4).astype(jnp.float32)
+  logits = detection_loss.flatten_levels(obj_maps, 1)[..., 0]
+  deltas = detection_loss.flatten_levels(delta_maps, 4).astype(jnp.float32)
 
   def one(key, valid, logits, deltas, boxes, box_valid):
     assigned = assign_lib.max_iou_assign(anchors, valid, boxes, box_valid, cfg.rpn_pos_iou_thr, cfg.rpn_neg_iou_thr,
