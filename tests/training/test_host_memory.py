@@ -51,11 +51,13 @@ def test_huge_pages_cut_the_page_faults_of_each_step():
   assert huge['state'] == [True, 'large blocks on transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)']
   assert huge['starts'] == 2 and default['starts'] == 1  # restarted once, not in a loop
   assert huge['tunables'] == 'glibc.malloc.check=0:glibc.malloc.hugetlb=1'
-  # glibc's default hands the temporaries back after each step: every step faults them in again (~60k 4 KiB
-  # pages here). On huge pages each fault brings 2 MiB.
-  steady = lambda r: sorted(r['faults'][2:])[len(r['faults'][2:]) // 2]  # median of steps 3-8
-  assert steady(default) > 20_000, default
-  assert steady(huge) < steady(default) // 10, (huge, default)
+  # glibc's default hands the temporaries back after each step: every step faults them in again (~23k 4 KiB
+  # pages here). On huge pages each fault brings 2 MiB, where the kernel has a free one: how many it has varies
+  # with the machine's fragmentation (a step's faults on huge pages: 0.5k-12k, here and in CI alike), so the
+  # bound is on the sum of steps 3-8 and asks for half: here 14k against 143k (CI's failed run: median 6.9k / 23.4k).
+  steady = lambda r: sum(r['faults'][2:])
+  assert min(default['faults'][2:]) > 15_000, default
+  assert steady(huge) < steady(default) // 2, (huge, default)
 
 
 def _fake_thp(tmp_path, text):
