@@ -3,7 +3,8 @@ bit-equal to torchvision's / mmdetection's and no threshold decision flips on an
 
 Two XLA rewrites change results by an ulp: a product feeding an add becomes one fused multiply-add
 (rounding once instead of twice: ~28% of random `c - a * b` differ), and a division by a broadcast
-becomes a multiplication by the reciprocal (~25% differ). `rounded` and `divide` stop them.
+becomes a multiplication by the reciprocal (~25% differ; ~half by a constant). `rounded` and `divide`
+stop them.
 """
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,14 @@ def rounded(x: jax.Array) -> jax.Array:
   return jnp.where(x == x, x, jnp.nan)  # pylint: disable=comparison-with-itself
 
 
-def divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
-  """numerator / denominator as a true elementwise division, also where the denominator broadcasts."""
+def divide(numerator, denominator) -> jax.Array:
+  """numerator / denominator as a true float32 division, also by a broadcast, a constant or under vmap.
+
+  Guarding the denominator alone does not survive a constant (the select is folded) nor vmap (an
+  unbatched denominator is broadcast outside the guard); selecting it on the numerator (NaN where the
+  numerator is NaN: the quotient is NaN anyway) makes it an elementwise operand XLA cannot rewrite."""
+  numerator = jnp.asarray(numerator)
   shape = jnp.broadcast_shapes(jnp.shape(numerator), jnp.shape(denominator))
-  return numerator / rounded(jnp.broadcast_to(denominator, shape))
+  numerator = jnp.broadcast_to(numerator, shape)
+  denominator = jnp.broadcast_to(jnp.asarray(denominator, numerator.dtype), shape)
+  return numerator / jnp.where(numerator == numerator, denominator, jnp.nan)  # pylint: disable=comparison-with-itself

@@ -10,7 +10,7 @@ can touch h (y in [h - 1, h + 1]: with the adaptive grid a bin's samples lie > 0
 `_CANDIDATES` adds a margin for the estimate of the first one; a fixed sampling_ratio takes all its
 samples), so its cost is R * oh * H * 8 without channels, exact whatever the data-dependent grid is.
 Sample coordinates are computed in float32 in the kernel's operation order (no fused multiply-add, true
-divisions: `exact.rounded`, `divide`), so every border decision is the kernel's.
+divisions: `exact.rounded`, `exact.divide`), so every border decision is the kernel's.
 
 The contraction with F is the cost. `window=(kh, kw)` contracts only a static kh x kw window of F starting
 at the RoI's first touched row/column (clamped at the border): R * (oh*kh*kw + oh*ow*kw) * C multiply-adds
@@ -26,25 +26,12 @@ import jax
 import jax.numpy as jnp
 
 from hatnet_jax.structures import boxes as box_ops
-from hatnet_jax.structures.exact import rounded
+from hatnet_jax.structures.exact import divide, rounded
 
 # Candidate samples per (bin, row) with the adaptive grid: <= 5 touch a row, plus a margin on each side
 # for the float estimate of the first one.
 _CANDIDATES = 8
 HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def divide(numerator, denominator) -> jax.Array:
-  """numerator / denominator as a true float32 division, also by a constant or under vmap.
-
-  XLA turns a division by a broadcast (or constant) into a multiplication by its reciprocal (1 ulp off in
-  ~half the cases). `exact.divide`'s guard does not survive a constant denominator (the select is
-  folded) nor vmap (an unbatched denominator is broadcast outside the guard); selecting the denominator
-  on the numerator (NaN where it is NaN: the quotient is NaN anyway) makes it an elementwise operand."""
-  shape = jnp.broadcast_shapes(jnp.shape(numerator), jnp.shape(denominator))
-  numerator = jnp.broadcast_to(numerator, shape)
-  denominator = jnp.broadcast_to(jnp.asarray(denominator, numerator.dtype), shape)
-  return numerator / jnp.where(numerator == numerator, denominator, jnp.nan)  # pylint: disable=comparison-with-itself
 
 
 class Axis(NamedTuple):

@@ -58,6 +58,13 @@ def test_products_are_not_fused():
   d = rng.random(200, dtype=np.float32) + 0.5
   np.testing.assert_array_equal(jax.jit(lambda a, d: divide(a.reshape(200, -1), d[:, None]))(a, d),
                                 a.reshape(200, -1) / d[:, None])
+  # ... by a constant (a guard on the denominator alone is folded away) and under vmap (an unbatched
+  # denominator is broadcast outside it): both turned into products by the reciprocal, ~half of them 1 ulp off.
+  for c in (np.float32(7), np.float32(14), np.float32(0.3)):
+    np.testing.assert_array_equal(jax.jit(lambda a: divide(a, c))(a), a / c)
+  row = rng.random(100, dtype=np.float32) + 0.5
+  np.testing.assert_array_equal(jax.jit(jax.vmap(divide, in_axes=(0, None)))(a.reshape(200, 100), row),
+                                a.reshape(200, 100) / row)
   # The IoUs, step by step in float32 numpy as mmdet's torch ops round them.
   p, q = random_boxes(rng, 300), random_boxes(rng, 200)
   area_p = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])
