@@ -11,8 +11,8 @@ Prints one line 'GPU_SUITE_ROW {json}'.
 
 The GPU image has no ml_collections: the config is CLASSIFICATION / SEGMENTATION below as plain values (the
 fields the experiment, task and optimizer read; tests/benchmarks/test_gpu_suite.py compares them with
-configs/default.py and configs/seg_default.py) in a dict with attribute access, and a stand-in
-ml_collections module is installed when the real one is absent (the package names it in annotations only).
+configs/default.py and configs/seg_default.py) in a dict with attribute access (the package names
+ml_collections in annotations only, under TYPE_CHECKING).
 """
 import json
 import os
@@ -21,7 +21,6 @@ import resource
 import sys
 import threading
 import time
-import types
 
 import numpy as np
 
@@ -43,11 +42,6 @@ class Config(dict):
     self[key] = value
 
 
-try:
-  import ml_collections  # noqa: F401  pylint: disable=unused-import
-except ImportError:  # the GPU image: training/{experiment,optim,schedule}.py import it for annotations
-  sys.modules['ml_collections'] = types.ModuleType('ml_collections')
-  sys.modules['ml_collections'].ConfigDict = Config
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

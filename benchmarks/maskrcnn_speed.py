@@ -34,7 +34,6 @@ ml_collections.
 """
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -50,11 +49,6 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hatnet_jax import models  # noqa: E402
 from hatnet_jax.training import host_memory, xla_options  # noqa: E402
-try:
-  import ml_collections  # noqa: F401,E402  pylint: disable=unused-import
-except ImportError:  # the GPU image lacks it; tasks/base.py imports it for a type annotation only
-  sys.modules['ml_collections'] = types.ModuleType('ml_collections')
-  sys.modules['ml_collections'].ConfigDict = dict
 try:
   import pycocotools.mask  # noqa: F401,E402  pylint: disable=unused-import
   HAVE_PYCOCOTOOLS = True

@@ -58,11 +58,6 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hatnet_jax import models  # noqa: E402
 from hatnet_jax.training import host_memory, xla_options  # noqa: E402
-try:
-  import ml_collections  # noqa: F401,E402  pylint: disable=unused-import
-except ImportError:  # the GPU image lacks it; layout.py (under tasks/segmentation.py) needs it for an annotation
-  sys.modules['ml_collections'] = types.ModuleType('ml_collections')
-  sys.modules['ml_collections'].ConfigDict = dict
 from hatnet_jax.tasks import segmentation  # noqa: E402
 from host_memory_flag import add_host_memory_flag, apply_host_memory_flag  # noqa: E402
 

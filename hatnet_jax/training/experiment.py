@@ -9,12 +9,10 @@ same axis. The train step donates the state, so only one copy lives on the devic
 """
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -27,10 +25,13 @@ from hatnet_jax.training import steps
 from hatnet_jax import tasks
 from hatnet_jax.training import xla_options
 
+if TYPE_CHECKING:  # only for annotations: the GPU machine's image has no ml_collections
+  import ml_collections
+
 MODES = ('train', 'eval')
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+def validate_config(config: 'ml_collections.ConfigDict', num_devices: int) -> None:
   """Errors for settings that cannot work, raised before anything is compiled or loaded."""
   if config.mode not in MODES:
     raise ValueError(f'config.mode must be one of {MODES}; got {config.mode!r}')
@@ -47,7 +48,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
 @dataclasses.dataclass
 class Experiment:
   """Everything a run is built from. Use `Experiment.create(config)`."""
-  config: ml_collections.ConfigDict
+  config: 'ml_collections.ConfigDict'
   task: tasks.Task
   facts: tasks.DatasetFacts
   mesh: Mesh
@@ -64,7 +65,7 @@ class Experiment:
   compiler_options: dict | None  # XLA options the steps were jitted with (xla_options; None off CPU)
 
   @classmethod
-  def create(cls, config: ml_collections.ConfigDict, *, mesh: Mesh | None = None,
+  def create(cls, config: 'ml_collections.ConfigDict', *, mesh: Mesh | None = None,
              facts: tasks.DatasetFacts | None = None) -> 'Experiment':
     """Builds the run of `config` (`facts` skips reading the dataset, e.g. in tests)."""
     mesh = layout.create_mesh() if mesh is None else mesh

@@ -1,9 +1,13 @@
 """The optimizer of the recipes: AdamW with decoupled weight decay on kernels only (classification) or on
 every parameter (config.weight_decay_on='all': mmseg's AdamW in the segmentation recipe), optional
 gradient clipping."""
+from typing import TYPE_CHECKING
+
 import jax
-import ml_collections
 import optax
+
+if TYPE_CHECKING:  # only for annotations: the GPU machine's image has no ml_collections
+  import ml_collections
 
 # Parameter names that get weight decay: the weights of dense and convolution layers (depthwise ones
 # included). Biases, GroupNorm scales/offsets and anything else are not decayed.
@@ -21,7 +25,7 @@ def weight_decay_mask(params):
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def create_optimizer(config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+def create_optimizer(config: 'ml_collections.ConfigDict', learning_rate_fn: optax.Schedule
                      ) -> optax.GradientTransformation:
   """optax.adamw(b1, b2, eps, weight_decay on kernels) after clipping by global norm (when grad_clip_norm > 0)."""
   which = config.get('weight_decay_on', 'kernels')

@@ -1,8 +1,12 @@
 """Run length and learning-rate schedule: durations in epochs or steps, linear warmup then cosine, poly or
 step decay."""
+from typing import TYPE_CHECKING
+
 import jax.numpy as jnp
-import ml_collections
 import optax
+
+if TYPE_CHECKING:  # only for annotations: the GPU machine's image has no ml_collections
+  import ml_collections
 
 
 def to_steps(epochs: int | None, steps: int | None, steps_per_epoch: int, *, name: str = 'duration') -> int:
@@ -26,7 +30,7 @@ def steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
   return max(1, num_train_examples // batch_size)
 
 
-def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+def peak_learning_rate(config: 'ml_collections.ConfigDict') -> float:
   """The linear scaling rule of the recipe: base_lr x global batch / lr_base_batch."""
   return config.base_lr * config.batch_size / config.lr_base_batch
 
@@ -54,7 +58,7 @@ def step_decay_schedule(init_value: float, milestones: list[int], factor: float,
   return schedule
 
 
-def create_learning_rate_fn(config: ml_collections.ConfigDict, num_steps_per_epoch: int) -> optax.Schedule:
+def create_learning_rate_fn(config: 'ml_collections.ConfigDict', num_steps_per_epoch: int) -> optax.Schedule:
   """Per-step schedule: linear warmup from `warmup_lr` to the peak, then config.lr_schedule to `min_lr`:
   'cosine' (the classification recipe), 'poly' with config.lr_power (the segmentation recipe), or 'step'
   (the detection recipe: x config.lr_decay_factor at each of config.lr_milestone_epochs / _steps; there the
