@@ -41,6 +41,9 @@ def reference(shared):
   return workdir, _run(shared, workdir)
 
 
+# Slow: its fixture trains and evaluates through main.py (~70 s here); the SIGKILL test below shares it, so in the
+# slow run it costs only its own eval-mode run. The default suite keeps the classification end-to-end tests.
+@pytest.mark.slow
 def test_trains_evaluates_and_reports_miou(reference, shared):
   workdir, log = reference
   assert e2e._steps(workdir) == [4, 8]
