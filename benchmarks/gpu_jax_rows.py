@@ -42,7 +42,6 @@ class Config(dict):
     self[key] = value
 
 
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
